@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from tipo.tags import DATABASE_RESOURCE, Category, encode_database  # noqa: E402
+from tipo.tags import DATABASE_RESOURCE, Category, encode_database
 
 LISTS = {
     Category.ARTIST: "artist.txt",
@@ -43,7 +43,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("wheel", type=Path, help="tipo_kgen-0.3.1-py3-none-any.whl")
     parser.add_argument(
-        "--out", type=Path,
+        "--out",
+        type=Path,
         default=Path(__file__).resolve().parents[1] / "src" / "tipo" / "data" / DATABASE_RESOURCE,
     )
     args = parser.parse_args()

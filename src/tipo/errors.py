@@ -25,7 +25,7 @@ class ModelNotFoundError(TipoError):
 
 
 class CheckpointError(TipoError):
-    """A checkpoint exists but cannot be read (corrupt config, missing weights, unsupported arch)."""
+    """A checkpoint exists but cannot be used (corrupt config, missing weights, other arch)."""
 
 
 class MissingDependencyError(TipoError, ImportError):

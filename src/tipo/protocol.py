@@ -141,7 +141,11 @@ META_KEYS: tuple[str, ...] = (
     "quality",
     "aspect ratio",
 )
-_META_ALIASES = {"aspect_ratio": "aspect ratio", "character": "characters", "copyright": "copyrights"}
+_META_ALIASES = {
+    "aspect_ratio": "aspect ratio",
+    "character": "characters",
+    "copyright": "copyrights",
+}
 
 # Tags that the reference writes first in the tag line (protocol doc §6, category "special").
 SPECIAL_TAGS: frozenset[str] = frozenset(
@@ -155,9 +159,7 @@ SPECIAL_TAGS: frozenset[str] = frozenset(
 
 # Anything that would start a new protocol line or is not printable text becomes one space.
 _LINE_BREAKING = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]+")
-_CONTROL_STRINGS = re.compile(
-    "|".join(re.escape(t) for t in (*TIPO_TOKENS, *LLAMA_CONTROL_TOKENS))
-)
+_CONTROL_STRINGS = re.compile("|".join(re.escape(t) for t in (*TIPO_TOKENS, *LLAMA_CONTROL_TOKENS)))
 
 
 def sanitize_field(text: str) -> str:
@@ -265,9 +267,7 @@ def _special_first(tags: Sequence[str]) -> list[str]:
 
 def build_prompt(request: ModelRequest) -> str:
     """The exact model-facing prompt of ``request`` (byte-identical to the reference builder)."""
-    lines = [
-        f"{key}: {sanitize_field(value)}\n" for key, value in request.meta if value
-    ]
+    lines = [f"{key}: {sanitize_field(value)}\n" for key, value in request.meta if value]
     target = ""
     if request.length is not None:
         target += f"<|{request.length.value}|>"

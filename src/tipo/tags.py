@@ -40,9 +40,7 @@ QUALITY_TAGS: frozenset[str] = frozenset(
     + ["score_9", "score_8_up", "score_7_up", "score_6_up", "score_5_up", "score_4_up"]
     + ["source_anime", "source_cartoon", "source_furry", "source_pony"]
 )
-RATING_TAGS: frozenset[str] = frozenset(
-    ["safe", "general", "sfw", "sensitive", "nsfw", "explicit"]
-)
+RATING_TAGS: frozenset[str] = frozenset(["safe", "general", "sfw", "sensitive", "nsfw", "explicit"])
 _FIXED_SETS = (
     (Category.SPECIAL, SPECIAL_TAGS),
     (Category.QUALITY, QUALITY_TAGS),
@@ -276,7 +274,7 @@ def read_tag_csv(path: str | Path) -> tuple[dict[str, CsvTag], dict[str, str]]:
             raw = row[0].strip()
             name = raw.replace("_", " ") if len(raw) >= 4 else raw
             tags[name] = CsvTag(name, category, count)
-            for alias in (row[3].split(",") if len(row) > 3 else []):
+            for alias in row[3].split(",") if len(row) > 3 else []:
                 if alias.strip():
                     aliases[alias.strip()] = name
     return tags, aliases

@@ -1,0 +1,220 @@
+"""Finding a checkpoint: a local Hugging Face folder, a GGUF file, or a Hub id.
+
+Hub ids are resolved from the local Hugging Face cache first, so a model downloaded once works
+offline; otherwise it is downloaded (with huggingface_hub's progress bar on stderr). A model that
+is neither here nor downloadable is a ModelNotFoundError whose hint says how to get it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import CheckpointError, MissingDependencyError, ModelNotFoundError
+
+DEFAULT_MODEL = "KBlueLeaf/TIPO-200M-ft"
+HUB_FILES = [
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model-*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+]
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    repo_id: str
+    size: str
+    description: str
+    gguf: tuple[str, ...] = ()
+    supported: bool = True
+
+
+KNOWN_MODELS: tuple[KnownModel, ...] = (
+    KnownModel(
+        "KBlueLeaf/TIPO-200M-ft", "200M", "fine-tuned 200M (default)", ("TIPO-200M-ft-F16.gguf",)
+    ),
+    KnownModel(
+        "KBlueLeaf/TIPO-200M-ft2", "200M", "second fine-tune of 200M", ("TIPO-200M-ft2-F16.gguf",)
+    ),
+    KnownModel(
+        "KBlueLeaf/TIPO-200M", "200M", "base model, 40B tokens", ("TIPO-200M-40Btok-F16.gguf",)
+    ),
+    KnownModel("KBlueLeaf/TIPO-500M-ft", "500M", "fine-tuned 500M", ("TIPO-500M-ft-F16.gguf",)),
+    KnownModel("KBlueLeaf/TIPO-500M", "500M", "base model", ("TIPO-500M_epoch5-F16.gguf",)),
+    KnownModel("KBlueLeaf/TIPO-100M", "100M", "smallest model", ("TIPO-100M-F16.gguf",)),
+    KnownModel(
+        "KBlueLeaf/TIPOv2-1B-A200M",
+        "1B MoE",
+        "v2 mixture of experts: not supported yet",
+        supported=False,
+    ),
+    KnownModel(
+        "KBlueLeaf/TIPO-v2.1-1B-A200M",
+        "1B MoE",
+        "v2.1 mixture of experts: not supported yet",
+        supported=False,
+    ),
+)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A resolved checkpoint. ``path`` is a folder for ``hf`` and a file for ``gguf``;
+    ``tokenizer_dir`` holds tokenizer.model (beside a GGUF when it came from the Hub)."""
+
+    path: Path
+    format: Literal["hf", "gguf"]
+    source: str
+    tokenizer_dir: Path
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.source
+
+
+def known_model(spec: str) -> KnownModel | None:
+    """Exact repo id, or the name without owner, case-insensitive (``tipo-200m-ft``)."""
+    for model in KNOWN_MODELS:
+        if spec.lower() in (model.repo_id.lower(), model.repo_id.split("/")[1].lower()):
+            return model
+    return None
+
+
+def resolve(spec: str | Path | None = None, *, offline: bool = False) -> Checkpoint:
+    """Resolve a model spec: a folder, a ``.gguf`` file, a Hub id or a known model name."""
+    spec = str(spec or DEFAULT_MODEL)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return Checkpoint(path, "hf", spec, path, read_config(path))
+    if path.is_file() and path.suffix == ".gguf":
+        return Checkpoint(path, "gguf", spec, path.parent)
+    model = known_model(spec)
+    repo_id = model.repo_id if model else spec
+    if model and not model.supported:
+        raise CheckpointError(
+            f"{repo_id} is a mixture-of-experts model this version does not run",
+            hint=f"use {DEFAULT_MODEL} or another TIPO v1 model (tipo models lists them)",
+        )
+    if not _HUB_ID.match(repo_id) or path.suffix == ".gguf":
+        raise ModelNotFoundError(
+            f"no model at {spec!r}: not a folder, a .gguf file or a Hub id like {DEFAULT_MODEL}",
+            hint="check the path; `tipo models` lists the known checkpoints",
+        )
+    folder = hub_snapshot(repo_id, offline=offline)
+    return Checkpoint(folder, "hf", repo_id, folder, read_config(folder))
+
+
+def hub_snapshot(repo_id: str, *, offline: bool = False) -> Path:
+    """The cached snapshot of ``repo_id``, downloading what is missing unless ``offline``."""
+    try:
+        import huggingface_hub as hub
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    except ImportError:
+        raise MissingDependencyError.for_extra(
+            "huggingface_hub", "engine", "Downloading models from the Hugging Face Hub"
+        ) from None
+    try:
+        return Path(hub.snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError):
+        if offline:
+            raise _not_downloaded(repo_id, "offline mode is on") from None
+    try:
+        return Path(hub.snapshot_download(repo_id, allow_patterns=HUB_FILES))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
+        raise _not_downloaded(repo_id, _first_line(error)) from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _not_downloaded(repo_id: str, reason: str) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"{repo_id} is not in the local Hugging Face cache and could not be downloaded ({reason}).",
+        hint=(
+            f"on a machine with network run `tipo download {repo_id}` (or "
+            f"`huggingface-cli download {repo_id}`) and copy the cache or the folder here, then "
+            "pass the folder with --model /path/to/folder"
+        ),
+    )
+
+
+def is_cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    found = try_to_load_from_cache(repo_id, "config.json")
+    return isinstance(found, str)
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """Read and check ``config.json``: the folder must describe a LLaMA causal LM."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(
+            f"{folder} has no config.json: not a Hugging Face checkpoint folder",
+            hint="pass the folder that holds config.json and model.safetensors",
+        )
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(
+            f"{config_file} is not valid JSON ({error})",
+            hint="the download may be incomplete: delete the folder and download it again",
+        ) from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_file} must hold a JSON object")
+    if config.get("model_type") != "llama":
+        raise CheckpointError(
+            f"{folder} holds a {config.get('model_type')!r} model; TIPO v1 models are 'llama'",
+            hint="use a TIPO v1 checkpoint (tipo models lists them)",
+        )
+    return config
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a folder (one file, or the shards of an index)."""
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return [single]
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{index} is not a valid shard index ({error})") from None
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise CheckpointError(f"{folder} lacks shards: {', '.join(missing)}")
+        return [folder / n for n in names]
+    raise CheckpointError(
+        f"{folder} has no model.safetensors",
+        hint="TIPO checkpoints ship model.safetensors; download the full folder again",
+    )
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "KNOWN_MODELS",
+    "Checkpoint",
+    "KnownModel",
+    "hub_snapshot",
+    "is_cached",
+    "known_model",
+    "read_config",
+    "resolve",
+    "weight_files",
+]

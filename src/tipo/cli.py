@@ -1,0 +1,341 @@
+"""The ``tipo`` command: a thin layer over the public API.
+
+Results go to stdout (text, or JSON with --json), diagnostics to stderr. Errors are mapped to
+exit codes by class, with the error's hint, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any, TextIO
+
+from . import __version__
+from .errors import (
+    BackendError,
+    CheckpointError,
+    InvalidRequestError,
+    MissingDependencyError,
+    ModelNotFoundError,
+    TipoError,
+)
+
+EXIT_CODES: tuple[tuple[type[TipoError], int], ...] = (
+    (InvalidRequestError, 2),
+    (ModelNotFoundError, 3),
+    (CheckpointError, 4),
+    (MissingDependencyError, 5),
+    (BackendError, 6),
+    (TipoError, 1),
+)
+# CLI flag -> ExpandRequest option, for flags whose value is passed through as given.
+_REQUEST_FLAGS = (
+    "nl",
+    "tag_length",
+    "nl_length",
+    "template",
+    "seed",
+    "aspect",
+    "width",
+    "height",
+    "retries",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "max_new_tokens",
+)
+
+_SWITCH_DEFAULTS = {
+    "expand_tags": True,
+    "expand_nl": True,
+    "tag_first": True,
+    "shuffle": True,
+    "gen_meta": False,
+}
+
+
+def exit_code(error: TipoError) -> int:
+    return next(code for cls, code in EXIT_CODES if isinstance(error, cls))
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model", "-m", help="Hub id, local folder or .gguf file (default: KBlueLeaf/TIPO-200M-ft)"
+    )
+    group.add_argument("--backend", default="auto", help="auto (default), transformers, ...")
+    group.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    group.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the backend's)")
+    group.add_argument("--offline", action="store_true", help="never touch the network")
+    group.add_argument("--tag-csv", help="tag CSV (SD-WebUI autocomplete format) for aliases")
+
+
+def _add_expand_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("tags", nargs="?", default=None, help="tags, in SD-WebUI prompt syntax")
+    parser.add_argument("--nl", help="a natural-language prompt to extend")
+    request = parser.add_argument_group("request")
+    request.add_argument("--tag-length", help="very_short, short, long (default), very_long")
+    request.add_argument("--nl-length", help="very_short, short, long (default), very_long")
+    request.add_argument("--template", "-t", help="template name, text or file (tipo templates)")
+    request.add_argument(
+        "--ban",
+        action="append",
+        default=[],
+        help="tag(s) to ban, comma-separated; substring or regex; repeatable",
+    )
+    request.add_argument("--seed", type=int, help="seed (default: random, printed with --json)")
+    request.add_argument("--aspect", help="width/height: 0.75, 832x1216 or 3:4")
+    request.add_argument("--width", type=int, help="image width (with --height: the aspect)")
+    request.add_argument("--height", type=int, help="image height")
+    request.add_argument(
+        "--no-expand-tags", dest="expand_tags", action="store_false", help="keep the tags as given"
+    )
+    request.add_argument(
+        "--no-expand-nl", dest="expand_nl", action="store_false", help="keep the sentence as given"
+    )
+    request.add_argument(
+        "--nl-first",
+        dest="tag_first",
+        action="store_false",
+        help="with tags and a sentence: extend the sentence first",
+    )
+    request.add_argument("--gen-meta", action="store_true", help="let the model add metadata")
+    request.add_argument(
+        "--no-shuffle",
+        dest="shuffle",
+        action="store_false",
+        help="keep new tags in the model's order",
+    )
+    request.add_argument("--retries", type=int, help="re-run short steps (reference behaviour)")
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument("--temperature", type=float)
+    sampling.add_argument("--top-p", type=float)
+    sampling.add_argument("--top-k", type=int)
+    sampling.add_argument("--min-p", type=float)
+    sampling.add_argument("--repetition-penalty", type=float)
+    sampling.add_argument("--max-new-tokens", type=int)
+    out = parser.add_argument_group("input and output")
+    out.add_argument("--variants", type=int, default=1, help="N variants of the prompt (batched)")
+    out.add_argument(
+        "--input",
+        "-i",
+        help="file of requests, one per line (JSON object or "
+        "plain tags); '-' reads stdin; writes JSON Lines",
+    )
+    out.add_argument("--json", action="store_true", help="print the full result as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tipo", description="TIPO prompt presampling.")
+    parser.add_argument("--version", action="version", version=f"tipo {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    expand = commands.add_parser("expand", help="expand a prompt with a TIPO model")
+    _add_expand_options(expand)
+    _add_model_options(expand)
+    protocol = commands.add_parser(
+        "protocol", help="print the model-facing prompt of JSON requests (one per line)"
+    )
+    protocol.add_argument("file", nargs="?", default="-", help="JSON Lines file (default stdin)")
+    models = commands.add_parser("models", help="list the known TIPO checkpoints")
+    models.add_argument("--json", action="store_true")
+    download = commands.add_parser("download", help="download a checkpoint into the HF cache")
+    download.add_argument("model", nargs="?", default=None)
+    templates = commands.add_parser("templates", help="list the output templates")
+    templates.add_argument("--show", help="print one template's text")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {
+        "expand": cmd_expand,
+        "protocol": cmd_protocol,
+        "models": cmd_models,
+        "download": cmd_download,
+        "templates": cmd_templates,
+    }[args.command]
+    try:
+        return handler(args)
+    except TipoError as error:
+        print(f"tipo: error: {error}", file=sys.stderr)
+        return exit_code(error)
+    except KeyboardInterrupt:
+        print("tipo: interrupted", file=sys.stderr)
+        return 130
+
+
+# --- expand --------------------------------------------------------------------------------
+
+
+def _request_options(args: argparse.Namespace) -> dict[str, Any]:
+    options = {k: getattr(args, k) for k in _REQUEST_FLAGS if getattr(args, k) is not None}
+    if args.ban:
+        options["ban"] = ",".join(args.ban)
+    for flag, default in _SWITCH_DEFAULTS.items():
+        if getattr(args, flag) != default:
+            options[flag] = getattr(args, flag)
+    return options
+
+
+def _read_requests(source: str, defaults: dict[str, Any]) -> Iterator[tuple[int, Any]]:
+    """(line number, ExpandRequest or TipoError) for each non-blank line."""
+    from .request import ExpandRequest
+
+    handle: TextIO = sys.stdin if source == "-" else open(source, encoding="utf-8")  # noqa: SIM115
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = _line_options(line)
+                yield number, ExpandRequest.create(**{**defaults, **data})
+            except TipoError as error:
+                yield number, error
+
+
+def _line_options(line: str) -> dict[str, Any]:
+    text = line.strip()
+    if not text.startswith("{"):
+        return {"tags": text}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidRequestError(f"invalid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("a JSON request must be an object")
+    return data
+
+
+def cmd_expand(args: argparse.Namespace) -> int:
+    from .pipeline import TIPO
+    from .request import ExpandRequest
+
+    if args.variants < 1:
+        raise InvalidRequestError("--variants must be at least 1")
+    options = _request_options(args)
+    if args.input is not None and args.tags:
+        raise InvalidRequestError("give tags or --input, not both")
+    if args.input is None:
+        request = ExpandRequest.create(tags=args.tags or "", **options)
+    tipo = TIPO.load(
+        args.model,
+        backend=args.backend,
+        device=args.device,
+        dtype=args.dtype,
+        tag_csv=args.tag_csv,
+        offline=args.offline,
+    )
+    with tipo:
+        if args.input is not None:
+            return _expand_file(tipo, args.input, options, args.variants)
+        results = tipo.variants(request, args.variants)
+        for index, result in enumerate(results):
+            if args.json:
+                print(json.dumps(result.to_dict(), ensure_ascii=False))
+            else:
+                print(("\n" if index else "") + result.prompt)
+    return 0
+
+
+def _expand_file(tipo: Any, source: str, defaults: dict[str, Any], variants: int) -> int:
+    """JSON Lines out, one line per request (per variant), errors in place."""
+    from .request import ExpandRequest
+
+    lines = list(_read_requests(source, defaults))
+    batch: list[tuple[int, ExpandRequest]] = []
+    for number, item in lines:
+        if isinstance(item, ExpandRequest):
+            seed = item.seed if item.seed is not None else None
+            for v in range(variants):
+                batch.append((number, item if seed is None else item.with_seed(seed + v)))
+    results = iter(tipo.run_many([request for _, request in batch]))
+    failed = 0
+    by_line: dict[int, list[Any]] = {}
+    for number, _ in batch:
+        by_line.setdefault(number, []).append(next(results))
+    for number, item in lines:
+        for outcome in by_line.get(number, [item]):
+            if isinstance(outcome, TipoError):
+                failed += 1
+                record = {"line": number, "error": outcome.message, "hint": outcome.hint}
+            else:
+                record = {"line": number, **outcome.to_dict()}
+            print(json.dumps(record, ensure_ascii=False), flush=True)
+    return 1 if failed else 0
+
+
+# --- protocol, models, download, templates -------------------------------------------------
+
+
+def cmd_protocol(args: argparse.Namespace) -> int:
+    from .protocol import ModelRequest, build_prompt
+
+    handle: TextIO = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    failed = 0
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = _line_options(line)
+                prompt = build_prompt(ModelRequest.create(**data))
+            except (TipoError, TypeError) as error:
+                failed += 1
+                print(f"tipo: line {number}: {error}", file=sys.stderr)
+                print("null", flush=True)
+                continue
+            print(json.dumps(prompt, ensure_ascii=False), flush=True)
+    return 2 if failed else 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .checkpoints import DEFAULT_MODEL, KNOWN_MODELS, is_cached
+
+    rows = [
+        {
+            "id": m.repo_id,
+            "size": m.size,
+            "description": m.description,
+            "gguf": list(m.gguf),
+            "supported": m.supported,
+            "cached": is_cached(m.repo_id),
+            "default": m.repo_id == DEFAULT_MODEL,
+        }
+        for m in KNOWN_MODELS
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':32} {'size':7} {'cached':7} description")
+    for row in rows:
+        cached = "yes" if row["cached"] else "no"
+        print(f"{row['id']:32} {row['size']:7} {cached:7} {row['description']}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from .checkpoints import resolve
+
+    checkpoint = resolve(args.model)
+    print(checkpoint.path)
+    return 0
+
+
+def cmd_templates(args: argparse.Namespace) -> int:
+    from .templates import TEMPLATES, get_template
+
+    if args.show:
+        print(get_template(args.show).text)
+        return 0
+    for name, template in TEMPLATES.items():
+        if " " not in name:  # the reference's display names are aliases
+            print(f"{name:20} {template.description}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

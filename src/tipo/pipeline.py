@@ -1,0 +1,137 @@
+"""``TIPO``: a loaded model (tokenizer + backend + tag database) that expands prompts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .backends import load_backend
+from .backends.base import Backend
+from .checkpoints import Checkpoint, resolve
+from .errors import TipoError
+from .request import ExpandRequest
+from .result import ExpandResult
+from .run import RequestRun
+from .sampling import random_seed
+from .tags import TagDatabase
+from .tokenizer import TipoTokenizer
+
+
+class TIPO:
+    """Expand prompts with a TIPO checkpoint.
+
+    >>> tipo = TIPO.load("KBlueLeaf/TIPO-200M-ft")          # doctest: +SKIP
+    >>> tipo.expand(tags="1girl, scenery", seed=1).prompt    # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        tokenizer: TipoTokenizer,
+        *,
+        tag_db: TagDatabase | None = None,
+        model_name: str = "custom",
+    ) -> None:
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.tag_db = tag_db if tag_db is not None else TagDatabase.bundled()
+        self.model_name = model_name
+
+    @classmethod
+    def load(
+        cls,
+        model: str | Path | Checkpoint | None = None,
+        *,
+        backend: str = "auto",
+        device: str = "cpu",
+        dtype: str | None = None,
+        tag_csv: str | Path | None = None,
+        offline: bool = False,
+        **backend_options: Any,
+    ) -> TIPO:
+        """Load a checkpoint: a Hub id (default ``KBlueLeaf/TIPO-200M-ft``, cached after the
+        first download), a local Hugging Face folder, or a ``.gguf`` file."""
+        checkpoint = model if isinstance(model, Checkpoint) else resolve(model, offline=offline)
+        tokenizer = TipoTokenizer.from_dir(checkpoint.tokenizer_dir)
+        engine = load_backend(backend, checkpoint, device=device, dtype=dtype, **backend_options)
+        db = TagDatabase.bundled()
+        if tag_csv is not None:
+            db = db.with_csv(tag_csv)
+        return cls(engine, tokenizer, tag_db=db, model_name=checkpoint.source)
+
+    def expand(self, tags: str = "", nl: str = "", **options: Any) -> ExpandResult:
+        """Expand one prompt. Options are those of :class:`ExpandRequest` (``tag_length``,
+        ``nl_length``, ``template``, ``ban``, ``seed``, ``aspect``, ``temperature`` ...)."""
+        return self.run(ExpandRequest.create(tags=tags, nl=nl, **options))
+
+    def run(self, request: ExpandRequest) -> ExpandResult:
+        result = self.run_many([request])[0]
+        if isinstance(result, TipoError):
+            raise result
+        return result
+
+    def variants(self, request: ExpandRequest, count: int) -> list[ExpandResult]:
+        """``count`` variants of one request (seeds seed, seed+1, ...), decoded as one batch."""
+        seed = request.seed if request.seed is not None else random_seed()
+        batch = [request.with_seed((seed + i) % 2**63) for i in range(count)]
+        results = self.run_many(batch)
+        for result in results:
+            if isinstance(result, TipoError):
+                raise result
+        return results  # type: ignore[return-value]
+
+    def run_many(self, requests: Sequence[ExpandRequest]) -> list[ExpandResult | TipoError]:
+        """Run requests together: each round, the next step of every unfinished request goes to
+        the backend as one batch. A request that fails gives its error in its place."""
+        runs: list[RequestRun | TipoError] = []
+        for request in requests:
+            try:
+                runs.append(self._start(request))
+            except TipoError as error:
+                runs.append(error)
+        while self._round(runs):
+            pass
+        return [r if isinstance(r, TipoError) else r.result() for r in runs]
+
+    def _start(self, request: ExpandRequest) -> RequestRun:
+        return RequestRun(request, self.tag_db, self.tokenizer, self.backend.context_length)
+
+    def _round(self, runs: list[RequestRun | TipoError]) -> bool:
+        active, batch = [], []
+        for index, run in enumerate(runs):
+            if isinstance(run, TipoError) or run.done:
+                continue
+            try:
+                generation_request = run.next_generation()
+            except TipoError as error:
+                runs[index] = error
+                continue
+            if generation_request is not None:
+                active.append(index)
+                batch.append(generation_request)
+        if not batch:
+            return False
+        try:
+            generations = self.backend.generate(batch)
+        except TipoError as error:
+            for index in active:
+                runs[index] = error
+            return True
+        for index, generation in zip(active, generations, strict=True):
+            run = runs[index]
+            assert isinstance(run, RequestRun)
+            run.accept(generation)
+        return True
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> TIPO:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["TIPO"]
