@@ -90,11 +90,14 @@ class PostOptions:
 
 
 def output_tags(output: ModelOutput, db: TagDatabase) -> Tags:
-    """The categorised tags of an output: its tag line, plus metadata lines of category keys."""
-    tags = db.classify(output.tags)
+    """The categorised tags of an output: metadata lines of category keys (written before the
+    content), then the classified tags of its tag line."""
+    tags = Tags()
     for key, values in output.meta.items():
         if key in Category._value2member_map_:
             tags[key].extend(values)
+    for category, values in db.classify(output.tags).items():
+        tags[category].extend(values)
     return tags
 
 
