@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tipo.errors import InvalidRequestError
+from tipo.postprocess import output_tags
 from tipo.protocol import (
     TIPO_TOKENS,
     Length,
@@ -16,7 +17,6 @@ from tipo.protocol import (
     parse_output,
     sanitize_field,
 )
-from tipo.postprocess import output_tags
 from tipo.tags import TagDatabase
 
 try:

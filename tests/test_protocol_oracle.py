@@ -13,6 +13,7 @@ import random
 import pytest
 
 from tipo.planning import PlanOptions, plan
+from tipo.postprocess import output_tags
 from tipo.protocol import (
     META_KEYS,
     SPECIAL_TAGS,
@@ -22,7 +23,6 @@ from tipo.protocol import (
     build_prompt,
     parse_output,
 )
-from tipo.postprocess import output_tags
 from tipo.tags import Category, TagDatabase
 
 kgen_tipo = pytest.importorskip("kgen.executor.tipo", reason="needs tipo-kgen==0.3.1 (test extra)")

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tipo.errors import InvalidRequestError
+from tipo.protocol import SPECIAL_TAGS
 from tipo.tags import (
     QUALITY_TAGS,
     RATING_TAGS,
@@ -18,7 +19,6 @@ from tipo.tags import (
     TagDatabase,
     read_tag_csv,
 )
-from tipo.protocol import SPECIAL_TAGS
 
 SHARED = Path(os.environ.get("TIPO_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 DANBOORU_CSV = SHARED / "data" / "danbooru.csv"
@@ -106,7 +106,7 @@ def test_user_csv_gives_aliases_counts_and_categories(csv_db):
 def test_bad_csv_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("name,category\nfoo,notanumber\n", encoding="utf-8")
-    with pytest.raises(InvalidRequestError, match="bad.csv:2"):
+    with pytest.raises(InvalidRequestError, match=r"bad\.csv:2"):
         read_tag_csv(bad)
     with pytest.raises(InvalidRequestError, match="not found"):
         read_tag_csv(tmp_path / "missing.csv")
