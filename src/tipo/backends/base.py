@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from ..sampling import SamplingParams
 
@@ -25,13 +25,30 @@ class Capabilities:
     prefix_sharing: bool = False  # computes a prompt prefix shared by the batch once
 
 
+@runtime_checkable
+class TokenConstraint(Protocol):
+    """Decode-time control of one sequence (length targets, bans, tag vocabulary).
+
+    Before sampling each token the backend calls ``mask_logits`` with that sequence's logits (a
+    1-D float tensor over the vocabulary, after the repetition penalty, before temperature) and
+    the constraint sets forbidden ids to -inf in place. After sampling it calls ``accept`` with
+    the token; the return value is how many of the sequence's newest tokens (this one included)
+    to discard, 0 normally: a constraint that sees a completed tag match a regex ban rolls the
+    tag back and the backend samples again from the shorter sequence. ``accept`` is also told
+    about forced tokens, so the constraint's state always follows the sequence."""
+
+    def mask_logits(self, logits: Any) -> None: ...
+
+    def accept(self, token_id: int) -> int: ...
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     prompt_ids: tuple[int, ...]
     sampling: SamplingParams
     seed: int
-    # Optional decode-time constraint object (see tipo.constraints); None means free decoding.
-    constraint: object | None = None
+    # Decode-time control (see TokenConstraint); None means free decoding.
+    constraint: TokenConstraint | None = None
 
 
 @dataclass
@@ -68,4 +85,5 @@ __all__ = [
     "Generation",
     "GenerationRequest",
     "TokenCallback",
+    "TokenConstraint",
 ]
