@@ -86,7 +86,7 @@ class ScriptedBackend:
         self, index: int, request: GenerationRequest, on_token: TokenCallback | None
     ) -> Generation:
         start = time.perf_counter()
-        prompt = self.tokenizer.decode(request.prompt_ids)
+        prompt = self.tokenizer.decode(request.prompt_ids).removeprefix(" ")
         self.prompts.append(prompt)
         ids = [self._byte_ids[b] for b in self.script(prompt, request).encode("utf-8")]
         limit = request.sampling.max_new_tokens
