@@ -1,0 +1,21 @@
+"""Shared pytest fixtures. ``tests/`` is on sys.path (no package), so helpers import directly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from checkpoints import make_tiny_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer, 64-wide LLaMA with the TIPO vocabulary and tokenizer files."""
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-checkpoint"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gqa_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Like ``tiny_checkpoint`` with grouped-query attention (4 heads share 2 key/value heads)."""
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-gqa-checkpoint"), num_kv_heads=2)
