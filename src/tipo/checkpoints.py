@@ -3,6 +3,11 @@
 Hub ids are resolved from the local Hugging Face cache first, so a model downloaded once works
 offline; otherwise it is downloaded (with huggingface_hub's progress bar on stderr). A model that
 is neither here nor downloadable is a ModelNotFoundError whose hint says how to get it.
+
+GGUF files carry llama.cpp's copy of the vocabulary, not the training-time tokenizer we encode
+with (protocol doc §3), so a GGUF checkpoint also needs a folder with ``tokenizer.model``: the
+GGUF's own folder, or the cached Hub snapshot of the model the file belongs to. A Hub GGUF is
+named ``repo:file.gguf`` (``KBlueLeaf/TIPO-200M-ft:TIPO-200M-ft-F16.gguf``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,13 @@ HUB_FILES = [
     "model.safetensors",
     "model-*.safetensors",
     "model.safetensors.index.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+]
+# What our tokenizer reads (TipoTokenizer.from_dir); tokenizer.model is the one required file.
+TOKENIZER_FILES = [
     "tokenizer.model",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -65,6 +77,8 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
     ),
 )
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# ``repo_or_known_name:file.gguf``
+_HUB_GGUF = re.compile(r"^(?P<model>[^:]+):(?P<file>[\w.-]+\.gguf)$")
 
 
 @dataclass(frozen=True)
@@ -98,15 +112,18 @@ def resolve(spec: str | Path | None = None, *, offline: bool = False) -> Checkpo
     if path.is_dir():
         return Checkpoint(path, "hf", spec, path, read_config(path))
     if path.is_file() and path.suffix == ".gguf":
-        return Checkpoint(path, "gguf", spec, path.parent)
-    model = known_model(spec)
-    repo_id = model.repo_id if model else spec
-    if model and not model.supported:
-        raise CheckpointError(
-            f"{repo_id} is a mixture-of-experts model this version does not run",
-            hint=f"use {DEFAULT_MODEL} or another TIPO v1 model (tipo models lists them)",
+        return Checkpoint(path, "gguf", spec, gguf_tokenizer_dir(path))
+    hub_gguf = _HUB_GGUF.match(spec)
+    if hub_gguf:
+        return resolve_hub_gguf(hub_gguf["model"], hub_gguf["file"], offline=offline)
+    if path.suffix == ".gguf":
+        raise ModelNotFoundError(
+            f"no GGUF file at {spec!r}",
+            hint="check the path, or name a Hub file as repo:file.gguf "
+            "(e.g. KBlueLeaf/TIPO-200M-ft:TIPO-200M-ft-F16.gguf)",
         )
-    if not _HUB_ID.match(repo_id) or path.suffix == ".gguf":
+    repo_id = _hub_repo(spec)
+    if not _HUB_ID.match(repo_id):
         raise ModelNotFoundError(
             f"no model at {spec!r}: not a folder, a .gguf file or a Hub id like {DEFAULT_MODEL}",
             hint="check the path; `tipo models` lists the known checkpoints",
@@ -115,8 +132,84 @@ def resolve(spec: str | Path | None = None, *, offline: bool = False) -> Checkpo
     return Checkpoint(folder, "hf", repo_id, folder, read_config(folder))
 
 
-def hub_snapshot(repo_id: str, *, offline: bool = False) -> Path:
-    """The cached snapshot of ``repo_id``, downloading what is missing unless ``offline``."""
+def _hub_repo(spec: str) -> str:
+    """The repo id of a Hub id or known model name; MoE models are refused."""
+    model = known_model(spec)
+    repo_id = model.repo_id if model else spec
+    if model and not model.supported:
+        raise CheckpointError(
+            f"{repo_id} is a mixture-of-experts model this version does not run",
+            hint=f"use {DEFAULT_MODEL} or another TIPO v1 model (tipo models lists them)",
+        )
+    return repo_id
+
+
+def resolve_hub_gguf(model: str, filename: str, *, offline: bool = False) -> Checkpoint:
+    """A GGUF file of a Hub repo, with the repo's tokenizer files in the same snapshot."""
+    repo_id = _hub_repo(model)
+    if not _HUB_ID.match(repo_id):
+        raise ModelNotFoundError(
+            f"{model!r} is not a Hub id like {DEFAULT_MODEL} or a known model name",
+            hint="`tipo models` lists the known checkpoints and their GGUF files",
+        )
+    wanted = [filename, "tokenizer.model"]
+    folder = hub_snapshot(
+        repo_id, offline=offline, allow_patterns=[filename, *TOKENIZER_FILES], required=wanted
+    )
+    for name in wanted:
+        if not (folder / name).is_file():
+            raise ModelNotFoundError(
+                f"{repo_id} has no file {name}",
+                hint=_gguf_names_hint(known_model(repo_id)),
+            )
+    return Checkpoint(folder / filename, "gguf", f"{repo_id}:{filename}", folder)
+
+
+def _gguf_names_hint(model: KnownModel | None) -> str:
+    if model and model.gguf:
+        return f"its GGUF files: {', '.join(model.gguf)}"
+    return "check the file name on the model page"
+
+
+def gguf_tokenizer_dir(gguf_file: Path) -> Path:
+    """The folder whose ``tokenizer.model`` encodes for ``gguf_file``: the file's own folder,
+    else, for a released TIPO GGUF file name, the cached snapshot of its Hub repo (never a
+    download: the user named a local file)."""
+    if (gguf_file.parent / "tokenizer.model").is_file():
+        return gguf_file.parent
+    owner = next((m for m in KNOWN_MODELS if gguf_file.name in m.gguf), None)
+    if owner is not None:
+        try:
+            return hub_snapshot(
+                owner.repo_id,
+                offline=True,
+                allow_patterns=TOKENIZER_FILES,
+                required=["tokenizer.model"],
+            )
+        except ModelNotFoundError:
+            pass  # fall through to the error that says how to fix it locally
+    raise CheckpointError(
+        f"no tokenizer for {gguf_file}: there is no tokenizer.model beside it",
+        hint=(
+            "copy tokenizer.model, tokenizer_config.json, special_tokens_map.json and "
+            "added_tokens.json from the model's Hugging Face folder next to the .gguf file "
+            "(we encode prompts with the training-time tokenizer, not the GGUF's vocabulary)"
+        ),
+    )
+
+
+def hub_snapshot(
+    repo_id: str,
+    *,
+    offline: bool = False,
+    allow_patterns: list[str] | None = None,
+    required: list[str] | None = None,
+) -> Path:
+    """The cached snapshot of ``repo_id``, downloading what is missing unless ``offline``.
+
+    ``allow_patterns`` selects the files (default ``HUB_FILES``); a cached snapshot that lacks
+    one of the ``required`` files counts as missing."""
+    patterns = HUB_FILES if allow_patterns is None else allow_patterns
     try:
         import huggingface_hub as hub
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -125,12 +218,18 @@ def hub_snapshot(repo_id: str, *, offline: bool = False) -> Path:
             "huggingface_hub", "engine", "Downloading models from the Hugging Face Hub"
         ) from None
     try:
-        return Path(hub.snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True))
+        cached = Path(
+            hub.snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+        )
+        if all((cached / name).is_file() for name in required or ()):
+            return cached
+        if offline:
+            raise _not_downloaded(repo_id, "offline mode is on")
     except (LocalEntryNotFoundError, FileNotFoundError):
         if offline:
             raise _not_downloaded(repo_id, "offline mode is on") from None
     try:
-        return Path(hub.snapshot_download(repo_id, allow_patterns=HUB_FILES))
+        return Path(hub.snapshot_download(repo_id, allow_patterns=patterns))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
         raise _not_downloaded(repo_id, _first_line(error)) from None
 
@@ -209,12 +308,15 @@ def weight_files(folder: Path) -> list[Path]:
 __all__ = [
     "DEFAULT_MODEL",
     "KNOWN_MODELS",
+    "TOKENIZER_FILES",
     "Checkpoint",
     "KnownModel",
+    "gguf_tokenizer_dir",
     "hub_snapshot",
     "is_cached",
     "known_model",
     "read_config",
     "resolve",
+    "resolve_hub_gguf",
     "weight_files",
 ]

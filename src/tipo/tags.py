@@ -9,13 +9,11 @@ set of a million strings.
 
 from __future__ import annotations
 
-import csv
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from functools import cache
-from importlib import resources
 from pathlib import Path
 
 from .errors import InvalidRequestError
@@ -156,6 +154,8 @@ def decode_database(blob: bytes) -> dict[Category, SortedNames]:
 
 @cache
 def _bundled_lists() -> dict[Category, SortedNames]:
+    from importlib import resources  # only when the database is first needed
+
     blob = resources.files("tipo").joinpath("data").joinpath(DATABASE_RESOURCE).read_bytes()
     return decode_database(blob)
 
@@ -252,6 +252,8 @@ class TagDatabase:
 
 def read_tag_csv(path: str | Path) -> tuple[dict[str, CsvTag], dict[str, str]]:
     """Read an autocomplete CSV: ``{name: CsvTag}`` and ``{alias: name}``; names use spaces."""
+    import csv
+
     path = Path(path)
     if not path.is_file():
         raise InvalidRequestError(f"tag CSV not found: {path}")

@@ -11,12 +11,13 @@ from .base import Backend, Capabilities, Generation, GenerationRequest, TokenCal
 
 # name -> module whose load(checkpoint, device=..., dtype=..., **options) returns a Backend.
 BACKENDS: dict[str, str] = {
+    "torch": "tipo.backends.torch_engine",
     "transformers": "tipo.backends.hf_transformers",
     "fake": "tipo.backends.fake",  # scripted, for wiring tests; never picked by "auto"
 }
 # What "auto" picks, in order of preference, per checkpoint format.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
-    "hf": ("transformers",),
+    "hf": ("torch", "transformers"),
     "gguf": (),
 }
 
