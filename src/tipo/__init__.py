@@ -34,7 +34,7 @@ _EXPORTS: dict[str, str] = {
     "PlanOptions": "planning",
     "Step": "planning",
     "plan": "planning",
-    "BanList": "postprocess",
+    "BanList": "bans",
     "TipoTokenizer": "tokenizer",
     "Checkpoint": "checkpoints",
     "KNOWN_MODELS": "checkpoints",
@@ -98,6 +98,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
+    from .bans import BanList
     from .checkpoints import DEFAULT_MODEL, KNOWN_MODELS, Checkpoint, resolve
     from .errors import (
         BackendError,
@@ -109,7 +110,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     )
     from .pipeline import TIPO
     from .planning import PlanOptions, Step, plan
-    from .postprocess import BanList
     from .protocol import Length, ModelOutput, ModelRequest, Task, build_prompt, parse_output
     from .request import ExpandRequest
     from .result import ExpandResult, StepRecord

@@ -16,43 +16,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .bans import BanList
 from .planning import Step
 from .protocol import Length, ModelOutput, nl_field
 from .tags import Category, TagDatabase, Tags
-
-
-@dataclass(frozen=True)
-class BanList:
-    """Tags to keep out of the output. Like the reference, a pattern bans every tag that
-    contains it (``hat`` bans ``witch hat``) or that it matches as a regular expression from the
-    start (``.*text`` bans ``english text``); ``_`` and spaces are interchangeable."""
-
-    patterns: tuple[str, ...] = ()
-    _regexes: tuple[re.Pattern[str], ...] = field(default=(), init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        compiled = []
-        for pattern in self.patterns:
-            try:
-                compiled.append(re.compile(pattern.replace("_", " ")))
-            except re.error:
-                continue  # not a regex: the substring test still applies
-        object.__setattr__(self, "_regexes", tuple(compiled))
-
-    @classmethod
-    def parse(cls, value: str | Iterable[str] | None) -> BanList:
-        items = value.split(",") if isinstance(value, str) else (value or ())
-        return cls(tuple(p.strip() for p in items if p and p.strip()))
-
-    def matches(self, tag: str) -> bool:
-        text = tag.replace("_", " ")
-        return any(p.replace("_", " ") in text for p in self.patterns) or any(
-            r.match(text) for r in self._regexes
-        )
-
-    def __bool__(self) -> bool:
-        return bool(self.patterns)
-
 
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")
 
@@ -85,7 +52,7 @@ class Draft:
 class PostOptions:
     tag_length: Length = Length.LONG
     nl_length: Length = Length.LONG
-    bans: BanList = BanList()
+    bans: BanList = field(default_factory=BanList)
     shuffle: bool = True
 
 

@@ -12,9 +12,10 @@ import time
 from dataclasses import dataclass
 
 from .backends.base import Generation, GenerationRequest
+from .bans import BanList
 from .errors import InvalidRequestError
 from .planning import PlanOptions, Step, plan
-from .postprocess import BanList, Draft, PostOptions, dedupe, merge_step, split_sentences
+from .postprocess import Draft, PostOptions, dedupe, merge_step, split_sentences
 from .protocol import ModelRequest, build_prompt, format_aspect_ratio, normalize_meta, parse_output
 from .render import UserStyle, render_prompt
 from .request import ExpandRequest
