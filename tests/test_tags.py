@@ -51,6 +51,11 @@ def test_bundled_classification(db, tag, category, name):
     assert db.lookup(tag) == (Category(category), name)
 
 
+def test_bundled_general_names_are_for_the_vocabulary_not_classification(db):
+    assert "long hair" in set(db.names(Category.GENERAL))
+    assert db.lookup("long_hair") == (Category.GENERAL, "long hair")
+
+
 def test_fixed_sets_are_not_in_the_lists_so_lookup_order_cannot_matter(db):
     for tag in SPECIAL_TAGS | QUALITY_TAGS | RATING_TAGS:
         for category in (Category.ARTIST, Category.CHARACTERS, Category.COPYRIGHTS, Category.META):
@@ -64,6 +69,7 @@ def test_bundled_database_size(db):
         Category.CHARACTERS: 322737,
         Category.COPYRIGHTS: 52594,
         Category.META: 939,
+        Category.GENERAL: 30782,  # for the tag-vocabulary decoding mode only
     }
     data = Path(__import__("tipo").__file__).parent / "data" / "tags.zlib"
     assert data.stat().st_size < 6_000_000

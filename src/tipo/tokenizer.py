@@ -238,6 +238,12 @@ class TipoTokenizer:
             ids.append(self.eos_id)
         return ids
 
+    def encode_fragment(self, text: str) -> list[int]:
+        """Ids of ``text`` as it appears inside a longer text: no BOS and no prefix "▁"; a
+        leading space stays "▁" (`` long hair`` after a comma). Decode-time constraints use it
+        to force field keys and to build the tag vocabulary's token paths."""
+        return _flatten(self._encode_segments(self._split(text.replace(SPIECE_UNDERLINE, " "))))
+
     def _tokenize(self, text: str) -> list[int]:
         """transformers' ``tokenize`` + ``convert_tokens_to_ids``, without BOS/EOS."""
         if self.settings.legacy or not text:
