@@ -68,11 +68,12 @@ class BanPattern:
         return bool(self.regex.match(tag))
 
     def matches_word(self, phrase: str) -> bool:
-        """For captions: plain patterns ban whole words/phrases, the others whole words."""
+        """For captions: plain patterns ban whole words/phrases, the others must match a whole
+        word (``.*text`` bans "context", not "textbook": a caption word is not a tag)."""
         if self.kind == "plain":
             return phrase.lower() == self.text.lower()
         assert self.regex is not None
-        return bool(self.regex.match(phrase))
+        return bool(self.regex.fullmatch(phrase))
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,11 @@ from typing import Any
 from .backends import load_backend
 from .backends.base import Backend
 from .checkpoints import Checkpoint, resolve
+from .constraints import TagTrie, TokenTable, build_vocabulary
 from .errors import TipoError
 from .request import ExpandRequest
 from .result import ExpandResult
-from .run import RequestRun
+from .run import RequestRun, RunContext
 from .sampling import random_seed
 from .tags import TagDatabase
 from .tokenizer import TipoTokenizer
@@ -37,6 +38,8 @@ class TIPO:
         self.tokenizer = tokenizer
         self.tag_db = tag_db if tag_db is not None else TagDatabase.bundled()
         self.model_name = model_name
+        self._token_table: TokenTable | None = None
+        self._vocabulary: TagTrie | None = None
 
     @classmethod
     def load(
@@ -84,18 +87,33 @@ class TIPO:
     def run_many(self, requests: Sequence[ExpandRequest]) -> list[ExpandResult | TipoError]:
         """Run requests together: each round, the next step of every unfinished request goes to
         the backend as one batch. A request that fails gives its error in its place."""
+        context = self._context(requests)
         runs: list[RequestRun | TipoError] = []
         for request in requests:
             try:
-                runs.append(self._start(request))
+                runs.append(RequestRun(request, context))
             except TipoError as error:
                 runs.append(error)
         while self._round(runs):
             pass
         return [r if isinstance(r, TipoError) else r.result() for r in runs]
 
-    def _start(self, request: ExpandRequest) -> RequestRun:
-        return RequestRun(request, self.tag_db, self.tokenizer, self.backend.context_length)
+    def _context(self, requests: Sequence[ExpandRequest]) -> RunContext:
+        """Token table and vocabulary are built on first need and kept (~0.2 s and ~0.4 s)."""
+        controlled = self.backend.capabilities.constraints and any(r.control for r in requests)
+        if controlled and self._token_table is None:
+            self._token_table = TokenTable.build(self.tokenizer)
+        wants_vocabulary = controlled and any(r.control and r.vocabulary for r in requests)
+        if wants_vocabulary and self._vocabulary is None:
+            self._vocabulary = build_vocabulary(self.tag_db, self._token_table)
+        return RunContext(
+            self.tag_db,
+            self.tokenizer,
+            self.backend.context_length,
+            self._token_table if controlled else None,
+            self._vocabulary,
+            self.backend.capabilities.rollback,
+        )
 
     def _round(self, runs: list[RequestRun | TipoError]) -> bool:
         active, batch = [], []

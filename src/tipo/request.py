@@ -42,8 +42,10 @@ def parse_aspect(value: float | str | tuple[float, float] | None) -> float | Non
 @dataclass(frozen=True)
 class ExpandRequest:
     """What to expand and how. ``tags`` and ``nl`` use SD-WebUI prompt syntax; ``template`` is a
-    name, template text or file; ``retries`` > 0 re-runs a step that came back short, feeding its
-    output back (the reference's behaviour, kept for comparison)."""
+    name, template text or file. ``control`` steers decoding (length targets met in one pass,
+    bans that hold: see tipo.constraints) where the backend supports it; ``vocabulary`` also
+    keeps tag fields to known tags. ``retries`` > 0 re-runs a step that came back short, feeding
+    its output back (the reference's behaviour, kept for comparison)."""
 
     tags: str = ""
     nl: str = ""
@@ -59,6 +61,8 @@ class ExpandRequest:
     gen_meta: bool = False
     shuffle: bool = True
     retries: int = 0
+    control: bool = True
+    vocabulary: bool = False
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
     def __post_init__(self) -> None:

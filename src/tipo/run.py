@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from .backends.base import Generation, GenerationRequest
 from .bans import BanList
+from .constraints import DecodeControl, FieldConstraint, StepFields, TagTrie, TokenTable
 from .errors import InvalidRequestError
 from .planning import PlanOptions, Step, plan
 from .postprocess import Draft, PostOptions, dedupe, merge_step, split_sentences
@@ -36,17 +37,31 @@ class _Pending:
     step: Step
     prompt: str
     seed: int
+    constraint: FieldConstraint | None
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What runs share: the model's tokenizer and context, the tag database, and for
+    decode-time control the token table (None when the backend cannot apply constraints) and
+    the tag vocabulary (None unless some request asks for it)."""
+
+    db: TagDatabase
+    tokenizer: TipoTokenizer
+    context_length: int
+    tokens: TokenTable | None = None
+    vocabulary: TagTrie | None = None
+    rollback: bool = False
 
 
 class RequestRun:
-    def __init__(
-        self, request: ExpandRequest, db: TagDatabase, tokenizer: TipoTokenizer, context_length: int
-    ) -> None:
+    def __init__(self, request: ExpandRequest, context: RunContext) -> None:
         self.request = request
         self.seed = request.seed if request.seed is not None else random_seed()
-        self.tokenizer = tokenizer
-        self.context_length = context_length
-        self.db = db
+        self.context = context
+        self.tokenizer = context.tokenizer
+        self.context_length = context.context_length
+        db = self.db = context.db
         self.template = get_template(request.template)
         user, nl = parse_tag_prompt(request.tags), parse_nl_prompt(request.nl)
         self.style = UserStyle.of(user, nl, db)
@@ -57,9 +72,10 @@ class RequestRun:
             bool(tags.special or tags.general), bool(nl.text), self._plan_options(nl.text)
         )
         self.draft = Draft(tags=tags, nl=nl.text, extended=nl.text)
-        self.post = PostOptions(
-            request.tag_length, request.nl_length, BanList.parse(request.ban), request.shuffle
-        )
+        bans = BanList.parse(request.ban)
+        self.post = PostOptions(request.tag_length, request.nl_length, bans, request.shuffle)
+        vocabulary = context.vocabulary if request.vocabulary else None
+        self.control = DecodeControl(bans=bans, vocabulary=vocabulary, rollback=context.rollback)
         self.rng = random.Random(derive_seed(self.seed, "shuffle"))
         self.records: list[StepRecord] = []
         self.step_index, self.attempt = 0, 0
@@ -114,8 +130,22 @@ class RequestRun:
         sampling = self.request.sampling
         if sampling.max_new_tokens > room:
             sampling = sampling.with_(max_new_tokens=room)
-        self.pending = _Pending(step, prompt, seed)
-        return GenerationRequest(tuple(ids), sampling, seed)
+        constraint = self._constraint(step, prompt, sampling.max_new_tokens)
+        self.pending = _Pending(step, prompt, seed, constraint)
+        return GenerationRequest(tuple(ids), sampling, seed, constraint)
+
+    def _constraint(self, step: Step, prompt: str, budget: int) -> FieldConstraint | None:
+        if not self.request.control or self.context.tokens is None:
+            return None
+        return FieldConstraint(
+            self.context.tokens,
+            StepFields.from_prompt(prompt, step.task, step.gen_meta),
+            self.control,
+            self.db,
+            tag_length=self.request.tag_length,
+            nl_length=self.request.nl_length,
+            budget=budget,
+        )
 
     def accept(self, generation: Generation) -> None:
         pending = self.pending
@@ -124,7 +154,10 @@ class RequestRun:
         self.pending = None
         text = self.tokenizer.decode(generation.token_ids)
         before = self.draft
-        output = parse_output(pending.prompt + text)
+        full = pending.prompt + text
+        if generation.finish_reason == "length":
+            full = drop_unfinished_tag(full)
+        output = parse_output(full)
         self.draft = merge_step(before, pending.step, output, self.db, self.post, self.rng)
         self.records.append(self._record(pending, generation, text))
         if (
@@ -179,4 +212,13 @@ class RequestRun:
         )
 
 
-__all__ = ["RequestRun"]
+def drop_unfinished_tag(text: str) -> str:
+    """A generation cut by its token budget inside a tag line ends with a cut tag ("solo
+    focu"): keep the line up to its last comma."""
+    head, _, last_line = text.rpartition("\n")
+    if not last_line.startswith("tag:") or "," not in last_line:
+        return text
+    return f"{head}\n{last_line.rsplit(',', 1)[0]}" if head else last_line.rsplit(",", 1)[0]
+
+
+__all__ = ["RequestRun", "RunContext", "drop_unfinished_tag"]

@@ -22,6 +22,7 @@ class Capabilities:
     batched: bool = False  # decodes several sequences in one forward pass
     streaming: bool = False  # calls the token callback as it goes
     constraints: bool = False  # honours GenerationRequest.constraint (decode-time control)
+    rollback: bool = False  # ...including discarding tokens when TokenConstraint.accept asks
     prefix_sharing: bool = False  # computes a prompt prefix shared by the batch once
 
 

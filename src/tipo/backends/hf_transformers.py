@@ -9,7 +9,7 @@ from typing import Any
 
 from ..checkpoints import Checkpoint
 from ..errors import BackendError, MissingDependencyError
-from .base import Capabilities, Generation, GenerationRequest, TokenCallback
+from .base import Capabilities, Generation, GenerationRequest, TokenCallback, TokenConstraint
 
 
 def _import_transformers() -> Any:
@@ -45,9 +45,30 @@ class _Streamer:
         pass
 
 
+def _constraint_processor(constraint: TokenConstraint, prompt_length: int) -> Any:
+    """A logits processor that applies a TokenConstraint inside ``generate``: it tells the
+    constraint each new token, then masks the next logits. transformers runs custom processors
+    after the repetition penalty and before temperature and top-k/p, as the protocol wants.
+    ``generate`` cannot discard tokens, so this backend declares no rollback."""
+    from transformers import LogitsProcessor
+
+    class ApplyConstraint(LogitsProcessor):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.seen = prompt_length
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            for token in input_ids[0, self.seen :].tolist():
+                constraint.accept(int(token))
+            self.seen = input_ids.shape[1]
+            constraint.mask_logits(scores[0])
+            return scores
+
+    return ApplyConstraint()
+
+
 class TransformersBackend:
     name = "transformers"
-    capabilities = Capabilities(streaming=True)
+    capabilities = Capabilities(streaming=True, constraints=True)
 
     def __init__(self, model: Any, eos_id: int, context_length: int) -> None:
         self.model = model
@@ -98,6 +119,10 @@ class TransformersBackend:
         options: dict[str, Any] = {"do_sample": not s.greedy}
         if not s.greedy:
             options.update(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p)
+        if request.constraint is not None:
+            options["logits_processor"] = [
+                _constraint_processor(request.constraint, len(request.prompt_ids))
+            ]
         streamer = _Streamer(index, on_token)
         devices = [device] if device.type == "cuda" else []
         start = time.perf_counter()
