@@ -13,12 +13,13 @@ from .base import Backend, Capabilities, Generation, GenerationRequest, TokenCal
 BACKENDS: dict[str, str] = {
     "torch": "tipo.backends.torch_engine",
     "transformers": "tipo.backends.hf_transformers",
+    "llamacpp": "tipo.backends.llamacpp",
     "fake": "tipo.backends.fake",  # scripted, for wiring tests; never picked by "auto"
 }
 # What "auto" picks, in order of preference, per checkpoint format.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "hf": ("torch", "transformers"),
-    "gguf": (),
+    "gguf": ("llamacpp",),
 }
 
 

@@ -1,0 +1,196 @@
+"""Measurements of GGUF files in llama.cpp, for ``tipo bench``: decode speed and the quality of a
+quantised file against a reference (F16) file. Both return plain dicts (JSON-ready)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..checkpoints import Checkpoint
+from ..sampling import SamplingParams
+from .base import GenerationRequest
+from .llamacpp import LlamaCppBackend, load
+
+# baselines.md's workload: temperature 0.5, top-k 60, top-p 0.95 (min-p and the repetition
+# penalty keep TIPO's defaults, so the per-token sampling cost is the real one).
+BENCH_SAMPLING = SamplingParams(temperature=0.5, top_k=60, top_p=0.95)
+_FIRST_ID, _LAST_ID = 3, 32000  # ordinary SentencePiece pieces: no control or TIPO tokens
+
+
+def _open(path: str | os.PathLike[str], **options: Any) -> LlamaCppBackend:
+    """A backend for a bare GGUF path (no tokenizer needed: we feed ids)."""
+    file = Path(path)
+    return load(Checkpoint(file, "gguf", str(file), file.parent), **options)
+
+
+def random_prompts(count: int, length: int, seed: int) -> list[tuple[int, ...]]:
+    """``count`` prompts of BOS + ``length - 1`` random ordinary tokens, reproducible."""
+    rng = random.Random(seed)
+    return [
+        (1, *(rng.randrange(_FIRST_ID, _LAST_ID) for _ in range(length - 1))) for _ in range(count)
+    ]
+
+
+def _reset_peak_rss() -> None:
+    """Linux resets VmHWM (peak RSS) when "5" is written to clear_refs; elsewhere the peak is
+    the process's whole life."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_decode_gguf(
+    gguf_path: str | os.PathLike[str],
+    batch: int = 1,
+    prompt_len: int = 60,
+    new_tokens: int = 128,
+    seed: int = 0,
+    *,
+    sampling: SamplingParams = BENCH_SAMPLING,
+    n_threads: int | None = None,
+) -> dict[str, Any]:
+    """Time llama.cpp decoding ``batch`` parallel sequences of ``new_tokens`` tokens each
+    (EOS ignored, so every run is exactly that long) after distinct random prompts of
+    ``prompt_len`` tokens. A short warm-up run first allocates the context.
+
+    Returns tokens_per_s (all sequences, decode phase), ms_per_token (one decode step),
+    time_to_first_token_s (prompt reading + first sample), end_to_end_tokens_per_s and
+    peak_rss_mb (the process's peak resident memory since the model was loaded, on Linux)."""
+    _reset_peak_rss()
+    backend = _open(gguf_path, ignore_eos=True, n_threads=n_threads)
+    try:
+        params = sampling.with_(max_new_tokens=new_tokens)
+        prompts = random_prompts(batch, prompt_len, seed)
+        requests = [GenerationRequest(p, params, seed + i) for i, p in enumerate(prompts)]
+        backend.generate([GenerationRequest(prompts[0], params.with_(max_new_tokens=2), seed)])
+        start = time.perf_counter()
+        results = backend.generate(requests)
+        total = time.perf_counter() - start
+    finally:
+        backend.close()
+    first = max(r.prefill_seconds for r in results)
+    decode = max(r.decode_seconds for r in results)
+    steps = max(new_tokens - 1, 1)  # the first token comes from the prefill
+    return {
+        "file": str(gguf_path),
+        "batch": batch,
+        "prompt_tokens": prompt_len,
+        "new_tokens": new_tokens,
+        "tokens_per_s": batch * steps / decode if decode else float("nan"),
+        "ms_per_token": 1000 * decode / steps,
+        "time_to_first_token_s": first,
+        "end_to_end_tokens_per_s": batch * new_tokens / total,
+        "peak_rss_mb": _peak_rss_mb(),
+        "generated": [len(r.token_ids) for r in results],
+    }
+
+
+def _greedy(
+    backend: LlamaCppBackend, prompts: Sequence[tuple[int, ...]], n: int
+) -> list[list[int]]:
+    params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=n)
+    results = backend.generate([GenerationRequest(p, params, 0) for p in prompts])
+    return [r.token_ids for r in results]
+
+
+def gguf_quality_report(
+    reference: str | os.PathLike[str],
+    candidate: str | os.PathLike[str],
+    prompts: Sequence[Sequence[int]] | None = None,
+    new_tokens: int = 64,
+    seed: int = 0,
+    *,
+    n_threads: int | None = None,
+) -> dict[str, Any]:
+    """How close ``candidate`` (e.g. a Q8_0 file) computes to ``reference`` (e.g. the F16
+    file of the same model), on ``prompts`` (default: 4 random prompts of 32 tokens).
+
+    The reference continues each prompt greedily for ``new_tokens`` tokens (EOS ignored); both
+    models then read those same sequences (teacher forcing), and the candidate also continues
+    greedily on its own. Returns max/mean absolute logit error (with the reference's largest
+    |logit| for scale), top1_agreement (share of positions whose argmax agrees under teacher
+    forcing), greedy_identical (share of prompts with identical continuations) and
+    greedy_prefix (mean share of each continuation before the first difference)."""
+    chosen = [tuple(p) for p in prompts] if prompts else random_prompts(4, 32, seed)
+    ref_tokens, ref_logits = _run_model(reference, chosen, None, new_tokens, n_threads)
+    cand_tokens, cand_logits = _run_model(candidate, chosen, ref_tokens, new_tokens, n_threads)
+    report: dict[str, Any] = {
+        "reference": str(reference),
+        "candidate": str(candidate),
+        "prompts": len(chosen),
+        "new_tokens": new_tokens,
+    }
+    report.update(_logit_errors(chosen, ref_logits, cand_logits))
+    report.update(_greedy_agreement(ref_tokens, cand_tokens, new_tokens))
+    return report
+
+
+def _logit_errors(
+    prompts: list[tuple[int, ...]], ref: list[Any], cand: list[Any]
+) -> dict[str, float]:
+    import numpy as np
+
+    errors = [np.abs(a - b) for a, b in zip(ref, cand, strict=True)]
+    # Rows from the prompt's last token on predict the continuation.
+    agree = [
+        (a[len(p) - 1 :].argmax(-1) == b[len(p) - 1 :].argmax(-1)).mean()
+        for p, a, b in zip(prompts, ref, cand, strict=True)
+    ]
+    return {
+        "max_abs_logit_error": float(max(e.max() for e in errors)),
+        "mean_abs_logit_error": float(np.mean([e.mean() for e in errors])),
+        "reference_max_abs_logit": float(max(np.abs(a).max() for a in ref)),
+        "top1_agreement": float(np.mean(agree)),
+    }
+
+
+def _greedy_agreement(ref: list[list[int]], cand: list[list[int]], n: int) -> dict[str, float]:
+    pairs = list(zip(ref, cand, strict=True))
+    return {
+        "greedy_identical": sum(a == b for a, b in pairs) / len(pairs),
+        "greedy_prefix": sum(_common(a, b) / n for a, b in pairs) / len(pairs),
+    }
+
+
+def _run_model(
+    path: str | os.PathLike[str],
+    prompts: list[tuple[int, ...]],
+    forced: list[list[int]] | None,
+    new_tokens: int,
+    n_threads: int | None,
+) -> tuple[list[list[int]], list[Any]]:
+    """Greedy continuations of ``prompts``, and the logits along prompt + ``forced`` (the
+    reference's continuations; the model's own when None). One model in memory at a time."""
+    backend = _open(path, ignore_eos=True, n_threads=n_threads)
+    try:
+        tokens = _greedy(backend, prompts, new_tokens)
+        along = forced if forced is not None else tokens
+        logits = [backend.sequence_logits([*p, *t]) for p, t in zip(prompts, along, strict=True)]
+    finally:
+        backend.close()
+    return tokens, logits
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    return next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
+
+
+__all__ = ["BENCH_SAMPLING", "gguf_quality_report", "random_prompts", "time_decode_gguf"]
