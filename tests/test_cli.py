@@ -182,3 +182,27 @@ def test_same_seed_same_output_in_a_new_process(tiny_checkpoint):
     assert first["prompt"] == second["prompt"] and first["steps"] == [
         {**s, "seconds": first["steps"][i]["seconds"]} for i, s in enumerate(second["steps"])
     ]
+
+
+def test_convert_then_expand_with_the_gguf(capsys, tiny_checkpoint, tmp_path):
+    pytest.importorskip("llama_cpp", reason="needs the llamacpp extra (CI installs it)")
+    output = tmp_path / "gguf" / "tiny-F16.gguf"
+    code, out, err = run(capsys, "convert", tiny_checkpoint, output)
+    assert code == 0 and out.strip() == str(output) and output.is_file()
+    assert (output.parent / "tokenizer.model").is_file()
+    code, out, err = run(
+        capsys,
+        "expand",
+        "1girl, scenery",
+        "--model",
+        output,
+        "--seed",
+        3,
+        "--max-new-tokens",
+        24,
+        "--json",
+        "--template",
+        "tags",
+    )
+    assert code == 0, err
+    assert json.loads(out)["steps"][0]["prompt"] == "target: <|long|>\ntag: 1girl, scenery"

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
@@ -144,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true")
     download = commands.add_parser("download", help="download a checkpoint into the HF cache")
     download.add_argument("model", nargs="?", default=None)
+    convert = commands.add_parser(
+        "convert", help="write a GGUF file (F16, Q8_0, Q4_K_M) from a Hugging Face folder"
+    )
+    convert.add_argument("model", help="Hugging Face folder, Hub id or known model name")
+    convert.add_argument("output", help="the .gguf file to write")
+    convert.add_argument("--quant", default="F16", help="F16 (default), Q8_0 or Q4_K_M")
+    convert.add_argument("--offline", action="store_true", help="never touch the network")
     templates = commands.add_parser("templates", help="list the output templates")
     templates.add_argument("--show", help="print one template's text")
     return parser
@@ -156,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "protocol": cmd_protocol,
         "models": cmd_models,
         "download": cmd_download,
+        "convert": cmd_convert,
         "templates": cmd_templates,
     }[args.command]
     try:
@@ -323,6 +333,35 @@ def cmd_download(args: argparse.Namespace) -> int:
     checkpoint = resolve(args.model)
     print(checkpoint.path)
     return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .checkpoints import resolve
+    from .convert import convert
+
+    checkpoint = resolve(args.model, offline=args.offline)
+    if checkpoint.format != "hf":
+        raise InvalidRequestError(
+            f"{args.model} is already a GGUF file", hint="convert a Hugging Face folder"
+        )
+    written = convert(
+        checkpoint.path, args.output, args.quant, progress=lambda m: print(m, file=sys.stderr)
+    )
+    _copy_tokenizer(checkpoint.tokenizer_dir, written.parent)
+    print(written)
+    return 0
+
+
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json")  # fmt: skip
+
+
+def _copy_tokenizer(source: Path, target: Path) -> None:
+    """A GGUF is run with our tokenizer, found beside it: put the files there if missing."""
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file() and not (target / name).exists():
+            shutil.copyfile(source / name, target / name)
+            print(f"copied {name} beside the GGUF file", file=sys.stderr)
 
 
 def cmd_templates(args: argparse.Namespace) -> int:
