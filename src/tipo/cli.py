@@ -57,6 +57,8 @@ _SWITCH_DEFAULTS = {
     "tag_first": True,
     "shuffle": True,
     "gen_meta": False,
+    "control": True,
+    "vocabulary": False,
 }
 
 
@@ -113,10 +115,17 @@ def _add_expand_options(parser: argparse.ArgumentParser) -> None:
         help="keep new tags in the model's order",
     )
     request.add_argument("--retries", type=int, help="re-run short steps (reference behaviour)")
-    request.add_argument("--no-control", dest="control", action="store_false",
-                         help="do not steer decoding (lengths and bans checked afterwards)")
-    request.add_argument("--vocabulary", action="store_true",
-                         help="tag fields hold only known tags (bundled list + --tag-csv)")
+    request.add_argument(
+        "--no-control",
+        dest="control",
+        action="store_false",
+        help="do not steer decoding (lengths and bans checked afterwards)",
+    )
+    request.add_argument(
+        "--vocabulary",
+        action="store_true",
+        help="tag fields hold only known tags (bundled list + --tag-csv)",
+    )
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--temperature", type=float)
     sampling.add_argument("--top-p", type=float)
