@@ -1,0 +1,63 @@
+"""Our own PyTorch LLaMA engine (``tipo.engine``): the default backend for Hugging Face folders.
+
+Needs only torch (plus safetensors-format files, read without the safetensors package):
+nothing a Stable Diffusion environment lacks, no compiler. Options: ``dtype`` is the weight
+format ("float32", "bfloat16", "float16", "int8", "int4"; default: the engine's CPU default),
+``max_batch`` the most sequences decoded together, ``threads`` torch's CPU thread count,
+``int8_copy`` (default True) whether int4 models also keep int8 weights for large batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..checkpoints import Checkpoint
+from ..errors import BackendError, MissingDependencyError
+from .base import Capabilities, Generation, GenerationRequest, TokenCallback
+
+
+class TorchEngineBackend:
+    name = "torch"
+    capabilities = Capabilities(
+        batched=True, streaming=True, constraints=True, rollback=True, prefix_sharing=True
+    )
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine  # tipo.engine.Engine
+        self.context_length = engine.config.max_position_embeddings
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], on_token: TokenCallback | None = None
+    ) -> list[Generation]:
+        if self.engine is None:
+            raise BackendError("the torch backend was closed", hint="load the model again")
+        return self.engine.generate(requests, on_token)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+        self.engine = None
+
+
+def load(
+    checkpoint: Checkpoint, device: str = "cpu", dtype: str | None = None, **options: Any
+) -> TorchEngineBackend:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError.for_extra("torch", "engine", "The torch backend") from None
+    from ..engine.engine import Engine
+
+    if checkpoint.format != "hf":
+        raise BackendError(
+            "the torch backend loads Hugging Face folders, not GGUF files",
+            hint="use --backend llamacpp for .gguf files, or pass the model's folder",
+        )
+    unknown = set(options) - {"max_batch", "threads", "int8_copy"}
+    if unknown:
+        raise BackendError(
+            f"unknown torch backend option(s): {', '.join(sorted(unknown))}",
+            hint="the torch backend takes max_batch, threads and int8_copy",
+        )
+    return TorchEngineBackend(Engine.load(checkpoint.path, dtype=dtype, device=device, **options))

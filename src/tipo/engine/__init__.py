@@ -1,0 +1,57 @@
+"""Our own PyTorch LLaMA inference engine (the ``torch`` backend, the default for HF folders).
+
+Reading order: config.py (architecture) -> weights.py (checkpoint -> model) -> quant.py (weight
+formats and their kernels) -> model.py (the decoder) -> kv_cache.py (rows + prefix cache) ->
+sampler.py (transformers' sampling semantics on tensors) -> scheduler.py (continuous batching)
+-> engine.py (``Engine.generate``) -> benchmark.py / quality.py (``tipo bench``).
+
+Weight formats (``dtype``): float32, bfloat16, float16, int8 (default on CPU), int4. See
+quant.py for the kernels; ``quality_report(checkpoint, dtype)`` measures what each costs.
+
+Continuous batching (scheduler.py)::
+
+    scheduler = Engine.load(folder).scheduler
+    handle = scheduler.add(GenerationRequest(prompt_ids, sampling, seed))  # queued
+    result = scheduler.step()   # admits queued requests, decodes one token for every sequence
+    result.tokens               # [(handle, token_id)] sampled this step
+    result.rollbacks            # [(handle, n)] newest n tokens discarded by a constraint
+    result.finished             # [(handle, Generation)]
+    scheduler.cancel(handle)    # -> Generation (finish reason "stop") or None
+
+Names are imported on first use, so ``import tipo.engine`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "EngineConfig": "config",
+    "PRESETS": "config",
+    "Engine": "engine",
+    "DEFAULT_CPU_FORMAT": "engine",
+    "default_format": "engine",
+    "WEIGHT_FORMATS": "quant",
+    "load_model": "weights",
+    "Scheduler": "scheduler",
+    "StepResult": "scheduler",
+    "time_decode": "benchmark",
+    "write_random_checkpoint": "benchmark",
+    "quality_report": "quality",
+    "make_trained_checkpoint": "quality",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tipo.engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,244 @@
+"""Linear layers per weight format, quantised at load time from the checkpoint's weights.
+
+Each layer maps ``x [..., in_features]`` to ``[..., out_features]`` and declares the activation
+dtype its kernel wants (``act_dtype``); the model runs its whole residual stream in that dtype.
+
+| format   | weights                               | CPU kernel                          | act. |
+|----------|---------------------------------------|-------------------------------------|------|
+| float32  | fp32                                  | F.linear                            | fp32 |
+| bfloat16 | bf16                                  | oneDNN linear, weights pre-packed   | bf16 |
+| float16  | fp16                                  | F.linear                            | fp16 |
+| int8     | int8 per output channel, symmetric    | fbgemm dynamic int8 (activations    | fp32 |
+|          |                                       | quantised per call, per tensor)     |      |
+| int4     | 4-bit, groups of 32 along the input,  | aten._weight_int4pack_mm_for_cpu    | bf16 |
+|          | asymmetric (scale + zero per group)   | for <= 5 rows; an int8 copy (fbgemm)|      |
+|          |                                       | for larger batches and prefill      |      |
+
+The quantised kernels are CPU-only: on any other device the same quantised weights are
+dequantised per call and run through F.linear, slower but correct by construction.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import BackendError
+
+WeightFormat = Literal["float32", "bfloat16", "float16", "int8", "int4"]
+WEIGHT_FORMATS: tuple[str, ...] = ("float32", "bfloat16", "float16", "int8", "int4")
+INT4_GROUP = 32
+_FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def activation_dtype(fmt: str) -> torch.dtype:
+    """The dtype the residual stream runs in for a weight format (see the table above)."""
+    return {"int8": torch.float32, "int4": torch.bfloat16}.get(fmt) or _FLOAT_DTYPES[fmt]
+
+
+def kv_cache_dtype(fmt: str) -> torch.dtype:
+    """The KV cache's dtype: the weights' float dtype, bf16 for the quantised formats.
+    Batched decode reads the whole cache every step (at batch 16 and 300 positions as many
+    bytes as the int8 weights), so the int8 format's fp32 activations keep a bf16 cache."""
+    return _FLOAT_DTYPES.get(fmt, torch.bfloat16)
+
+
+class DenseLinear(nn.Module):
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)  # [out, in]
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.out_features = weight.shape[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class PackedBf16Linear(nn.Module):
+    """bf16 weights pre-packed in oneDNN's blocked layout (CPU): its GEMM skips the per-call
+    reordering F.linear does, which is most of the cost of a small-batch bf16 matmul."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        super().__init__()
+        self.out_features = weight.shape[0]
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+        self.bias = bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+    @staticmethod
+    def available(weight: Tensor) -> bool:
+        return (weight.is_cpu and weight.dtype == torch.bfloat16
+                and torch.backends.mkldnn.is_available()
+                and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))  # fmt: skip
+
+
+class Int8Linear(nn.Module):
+    """Per-output-channel symmetric int8 weights. On CPU: fbgemm's dynamic-quantisation GEMM,
+    which quantises the fp32 activations to uint8 per call (one scale per call, over the whole
+    batch, so a row's rounding depends on the other rows in the batch)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, cpu_kernel: bool | None = None) -> None:
+        super().__init__()
+        self.out_features = weight.shape[0]
+        self.bias = bias.float() if bias is not None else None
+        use_kernel = weight.is_cpu if cpu_kernel is None else cpu_kernel
+        self.packed = _fbgemm_pack(weight, self.bias) if use_kernel else None
+        # The portable path keeps the int8 weights themselves: [out, in] int8, [out] scales.
+        self.qweight, self.scale = quantize_int8(weight) if self.packed is None else (None, None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.packed is not None:
+            # fbgemm takes fp32 activations (an int4 model's head or large batches pass bf16)
+            x = x if x.dtype == torch.float32 else x.float()
+            return torch.ops.quantized.linear_dynamic(x, self.packed, reduce_range=False)
+        assert self.qweight is not None and self.scale is not None
+        out = F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)
+        return out if self.bias is None else out + self.bias.to(x.dtype)
+
+
+def int8_scales(weight: Tensor) -> Tensor:
+    """Symmetric per-output-channel scales [out] (fp32): ``w ≈ q * scale``, q in -127..127."""
+    return torch.linalg.vector_norm(weight.float(), ord=float("inf"), dim=1).clamp(min=1e-8) / 127
+
+
+def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """``weight [out, in]`` -> (int8 [out, in], fp32 scale [out]) with ``w ≈ q * scale``.
+    |w| / scale <= 127 by construction, so rounding needs no clamp."""
+    scale = int8_scales(weight)
+    return torch.round(weight.float() / scale[:, None]).to(torch.int8), scale
+
+
+def _fbgemm_pack(weight: Tensor, bias: Tensor | None) -> object | None:
+    """fbgemm's packed weight, or None where this torch build has no quantized CPU engine.
+    quantize_per_channel rounds like quantize_int8, in one fused pass over the weight."""
+    if not hasattr(torch.ops.quantized, "linear_prepack"):
+        return None
+    scale = int8_scales(weight)
+    zero = torch.zeros(scale.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():  # quantized tensors are deprecated, the kernel is not (yet)
+        warnings.simplefilter("ignore")
+        q = torch.quantize_per_channel(weight.float(), scale.double(), zero, 0, torch.qint8)
+        return torch.ops.quantized.linear_prepack(q, bias)
+
+
+class Int4Linear(nn.Module):
+    """4-bit weights in groups of ``INT4_GROUP`` input features, ``w ≈ (q - 8) * s + z`` with
+    q in 0..15. The CPU kernel wants N (out features) a multiple of 16: rows are zero-padded
+    and the extra outputs sliced off.
+
+    The 4-bit CPU kernel is the fastest at 1-4 rows but falls behind fbgemm's int8 GEMM from
+    about 8 rows on (docs/baselines.md), so on CPU the layer also keeps an int8 copy of the
+    same weights (half the bytes of bf16 again) and uses it for calls with more than
+    ``INT8_FROM_ROWS - 1`` rows: batched decoding and prefill."""
+
+    INT8_FROM_ROWS = 6
+
+    def __init__(
+        self, weight: Tensor, bias: Tensor | None, *, large_batch_int8: bool = True,
+        cpu_kernel: bool | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.out_features = weight.shape[0]
+        qweight, scales_zeros = quantize_int4(_pad_rows(weight.float(), 16))
+        self.bias = bias.to(torch.bfloat16) if bias is not None else None
+        self.scales_zeros = scales_zeros  # [in / group, out_padded, 2] bf16
+        use_kernel = weight.is_cpu if cpu_kernel is None else cpu_kernel
+        if use_kernel:
+            self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(qweight, 1)
+            self.qweight = None
+        else:
+            self.packed, self.qweight = None, qweight.to(torch.uint8)  # [out_padded, in]
+        self.int8 = Int8Linear(weight, bias) if large_batch_int8 and use_kernel else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if self.int8 is not None and x2.shape[0] >= self.INT8_FROM_ROWS:
+            return self.int8(x.float()).to(x.dtype)
+        if self.packed is not None:
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x2, self.packed, INT4_GROUP, self.scales_zeros
+            )
+        else:
+            out = F.linear(x2, self.dequantize().to(x.dtype))
+        if out.shape[1] != self.out_features:
+            out = out[:, : self.out_features]
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*shape[:-1], self.out_features)
+
+    def dequantize(self) -> Tensor:
+        """The weight these 4 bits stand for, [out_padded, in] fp32 (portable path)."""
+        assert self.qweight is not None
+        scale, zero = (t.float().t().repeat_interleave(INT4_GROUP, dim=1)
+                       for t in self.scales_zeros.unbind(-1))  # fmt: skip
+        return (self.qweight.float() - 8) * scale + zero
+
+
+def quantize_int4(weight: Tensor, group: int = INT4_GROUP) -> tuple[Tensor, Tensor]:
+    """``weight [out, in]`` -> (int32 codes 0..15 [out, in], bf16 scales_and_zeros
+    [in / group, out, 2]), the layout aten's int4 kernels take."""
+    out_features, in_features = weight.shape
+    if in_features % group:
+        raise BackendError(f"int4 needs in_features divisible by {group} (got {in_features})")
+    groups = weight.float().reshape(-1, group)
+    low, high = torch.aminmax(groups, dim=1, keepdim=True)
+    # Round the scale and zero to bf16 first, so the codes are chosen for the values the
+    # kernel will actually use.
+    scale = ((high - low) / 15).clamp(min=1e-8).to(torch.bfloat16).float()
+    zero = (low + 8 * scale).to(torch.bfloat16).float()
+    codes = (groups - zero).div_(scale).add_(8).round_().clamp_(0, 15).to(torch.int32)
+    scales_zeros = torch.stack(
+        [scale.reshape(out_features, -1), zero.reshape(out_features, -1)], dim=-1
+    ).transpose(0, 1)
+    return codes.reshape(out_features, in_features), scales_zeros.contiguous().to(torch.bfloat16)
+
+
+def _pad_rows(weight: Tensor, multiple: int) -> Tensor:
+    extra = -weight.shape[0] % multiple
+    return weight if extra == 0 else F.pad(weight, (0, 0, 0, extra))
+
+
+def make_linear(
+    weight: Tensor, bias: Tensor | None, fmt: str, *, int8_copy: bool = True
+) -> nn.Module:
+    """A linear layer holding ``weight [out, in]`` in format ``fmt`` (see WEIGHT_FORMATS);
+    ``int8_copy``: int4 layers also keep int8 weights for large batches (see Int4Linear)."""
+    if fmt in _FLOAT_DTYPES:
+        dtype = _FLOAT_DTYPES[fmt]
+        weight, bias = weight.to(dtype), None if bias is None else bias.to(dtype)
+        if PackedBf16Linear.available(weight):
+            return PackedBf16Linear(weight, bias)
+        return DenseLinear(weight, bias)
+    if fmt == "int8":
+        return Int8Linear(weight, bias)
+    if fmt == "int4":
+        if weight.is_cpu and not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
+            raise BackendError(
+                f"this torch ({torch.__version__}) has no 4-bit CPU kernel",
+                hint="use dtype int8, or torch >= 2.6 for int4",
+            )
+        return Int4Linear(weight, bias, large_batch_int8=int8_copy)
+    raise BackendError(f"unknown weight format {fmt!r}", hint=f"use one of {WEIGHT_FORMATS}")
+
+
+__all__ = [
+    "INT4_GROUP",
+    "WEIGHT_FORMATS",
+    "DenseLinear",
+    "Int4Linear",
+    "Int8Linear",
+    "PackedBf16Linear",
+    "WeightFormat",
+    "activation_dtype",
+    "kv_cache_dtype",
+    "make_linear",
+    "quantize_int4",
+    "quantize_int8",
+]

@@ -1,0 +1,141 @@
+"""Weight formats: each runs, stays close to fp32, and its portable (non-CPU) path computes
+what its CPU kernel computes; the quality report on a small trained model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tipo.backends.base import GenerationRequest  # noqa: E402
+from tipo.engine.engine import Engine, sequence_logits  # noqa: E402
+from tipo.engine.quality import (  # noqa: E402
+    PROMPTS_FILE,
+    TRAINED_CONFIG,
+    make_trained_checkpoint,
+    quality_report,
+)
+from tipo.engine.quant import (  # noqa: E402
+    Int4Linear,
+    Int8Linear,
+    make_linear,
+    quantize_int4,
+)
+from tipo.engine.weights import load_model  # noqa: E402
+from tipo.errors import BackendError  # noqa: E402
+from tipo.sampling import SamplingParams  # noqa: E402
+
+# Logit error allowed per format, relative to the spread (std) of the fp32 logits.
+RELATIVE_TOLERANCE = {"bfloat16": 0.05, "float16": 0.01, "int8": 0.05, "int4": 0.25}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and lose a lot on a busy machine
+    (OpenMP workers wait for each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def weight(rows: int = 48, cols: int = 64, seed: int = 0):
+    return torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed)) * 0.05
+
+
+@pytest.mark.parametrize("fmt", sorted(RELATIVE_TOLERANCE))
+def test_each_format_stays_close_to_fp32(fmt: str, tiny_checkpoint: Path) -> None:
+    ids = (1, *range(100, 140))
+    reference = sequence_logits(load_model(tiny_checkpoint, "float32"), ids)
+    logits = sequence_logits(load_model(tiny_checkpoint, fmt), ids)
+    error = (logits - reference).abs().mean() / reference.std()
+    assert error < RELATIVE_TOLERANCE[fmt]
+
+
+@pytest.mark.parametrize("fmt", sorted(RELATIVE_TOLERANCE))
+def test_each_format_generates_a_batch(fmt: str, tiny_gqa_checkpoint: Path) -> None:
+    engine = Engine.load(tiny_gqa_checkpoint, dtype=fmt)
+    params = SamplingParams(max_new_tokens=12)
+    out = engine.generate([GenerationRequest((1, 5, 6, 7), params, seed=s) for s in range(8)])
+    assert all(len(g.token_ids) == 12 or g.finish_reason == "eos" for g in out)
+
+
+def test_unknown_formats_are_refused(tiny_checkpoint: Path) -> None:
+    with pytest.raises(BackendError, match="int4"):
+        load_model(tiny_checkpoint, "int3")
+
+
+def test_int4_codes_reconstruct_the_weight_within_half_a_step() -> None:
+    w = weight(32, 128)
+    codes, scales_zeros = quantize_int4(w)
+    scale, zero = (t.float().t().repeat_interleave(32, dim=1) for t in scales_zeros.unbind(-1))
+    restored = (codes.float() - 8) * scale + zero
+    assert codes.min() >= 0 and codes.max() <= 15
+    assert ((restored - w).abs() <= scale * 0.5 + 1e-3).all()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16])
+def test_int4_kernel_matches_the_portable_dequantised_path(rows: int) -> None:
+    w, x = weight(40, 64), torch.randn(rows, 64, generator=torch.Generator().manual_seed(1))
+    kernel = Int4Linear(w, None, large_batch_int8=False, cpu_kernel=True)
+    portable = Int4Linear(w, None, large_batch_int8=False, cpu_kernel=False)
+    expected = portable(x.bfloat16()).float()
+    torch.testing.assert_close(kernel(x.bfloat16()).float(), expected, atol=2e-2, rtol=2e-2)
+    assert kernel(x.bfloat16()).shape == (rows, 40)  # padded to 48 rows inside, sliced back
+
+
+def test_int4_uses_its_int8_copy_for_large_batches() -> None:
+    w = weight(32, 64)
+    x = torch.randn(16, 64, generator=torch.Generator().manual_seed(2)).bfloat16()
+    layer = Int4Linear(w, None)
+    assert layer.int8 is not None
+    expected = layer.int8(x.float()).to(torch.bfloat16)
+    torch.testing.assert_close(layer(x), expected)
+    torch.testing.assert_close(layer(x).float(), x.float() @ w.T, atol=0.05, rtol=0.05)
+
+
+def test_int8_kernel_matches_the_portable_path() -> None:
+    w, bias = weight(), torch.randn(48) * 0.1
+    x = torch.randn(5, 64, generator=torch.Generator().manual_seed(3))
+    kernel, portable = Int8Linear(w, bias, cpu_kernel=True), Int8Linear(w, bias, cpu_kernel=False)
+    # fbgemm also quantises the activations (8 bits per call): close, not equal.
+    torch.testing.assert_close(kernel(x), portable(x), atol=0.02, rtol=0.02)
+    torch.testing.assert_close(portable(x), x @ w.T + bias, atol=0.01, rtol=0.01)
+
+
+@pytest.mark.parametrize("fmt", ["float32", "bfloat16", "float16"])
+def test_float_formats_keep_the_weights(fmt: str) -> None:
+    w = weight()
+    x = torch.randn(2, 64).to(getattr(torch, fmt))
+    out = make_linear(w, None, fmt)(x)
+    torch.testing.assert_close(out.float(), (x @ w.to(x.dtype).T).float(), atol=1e-2, rtol=1e-2)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = TRAINED_CONFIG.with_(hidden_size=64, num_layers=2, intermediate_size=192)
+    return make_trained_checkpoint(tmp_path_factory.mktemp("trained"), steps=30, config=config,
+                                   batch=8, length=32)  # fmt: skip
+
+
+def test_trained_checkpoint_is_a_loadable_folder_with_prompts(trained: Path) -> None:
+    prompts = json.loads((trained / PROMPTS_FILE).read_text())
+    assert len(prompts) == 4 and all(p[0] == 1 for p in prompts)
+    config = json.loads((trained / "config.json").read_text())
+    assert config["final_train_loss"] < 9.0  # it learned something (log 32013 = 10.4)
+
+
+def test_quality_report_is_exact_for_the_reference_format(trained: Path) -> None:
+    report = quality_report(trained, "float32", new_tokens=16)
+    assert report["max_abs_logit_error"] == 0.0
+    assert report["teacher_forced_agreement"] == 1.0 and report["greedy_agreement"] == 1.0
+
+
+def test_quality_report_ranks_int4_below_bf16(trained: Path) -> None:
+    int4 = quality_report(trained, "int4", new_tokens=16)
+    bf16 = quality_report(trained, "bfloat16", new_tokens=16)
+    assert set(int4) == set(bf16) and int4["prompts"] == 4
+    assert 0 < bf16["mean_abs_logit_error"] < int4["mean_abs_logit_error"]

@@ -1,0 +1,105 @@
+"""The engine's sampling filters against transformers' logits processors on random logits."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+generation = pytest.importorskip("transformers.generation.logits_process")
+
+from tipo.engine.sampler import (  # noqa: E402
+    SamplingBatch,
+    apply_repetition_penalty,
+    choose,
+    draw,
+    warp_full,
+)
+from tipo.sampling import SamplingParams  # noqa: E402
+
+VOCAB = 32013
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and lose a lot on a busy machine
+    (OpenMP workers wait for each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def transformers_warp(logits, p: SamplingParams):
+    """transformers' generate order: temperature, top-k, top-p, min-p (min_tokens_to_keep=1)."""
+    warpers = []
+    if p.temperature != 1.0:
+        warpers.append(generation.TemperatureLogitsWarper(p.temperature))
+    if p.top_k != 0:
+        warpers.append(generation.TopKLogitsWarper(p.top_k))
+    if p.top_p < 1.0:
+        warpers.append(generation.TopPLogitsWarper(p.top_p))
+    warpers.append(generation.MinPLogitsWarper(p.min_p))
+    for warper in warpers:
+        logits = warper(None, logits)
+    return logits
+
+
+CASES = [
+    SamplingParams(),  # the reference defaults: 0.35 / 0.95 / 60 / 0.1
+    SamplingParams(temperature=0.5, top_p=0.95, top_k=80, min_p=0.05),  # the UI defaults
+    SamplingParams(temperature=1.0, top_p=0.5, top_k=0, min_p=0.0),  # top-p over all ids
+    SamplingParams(temperature=1.3, top_p=1.0, top_k=5, min_p=0.0),
+    SamplingParams(temperature=0.7, top_p=1.0, top_k=0, min_p=0.3),
+    SamplingParams(temperature=2.0, top_p=0.99, top_k=1000, min_p=0.01),
+]
+
+
+@pytest.mark.parametrize("params", CASES, ids=lambda p: f"t{p.temperature}-k{p.top_k}-p{p.top_p}")
+@pytest.mark.parametrize("scale", [1.0, 6.0])  # flat and peaked distributions
+def test_filters_match_transformers_warpers(params: SamplingParams, scale: float) -> None:
+    logits = torch.randn(4, VOCAB, generator=torch.Generator().manual_seed(7)) * scale
+    expected = transformers_warp(logits.clone(), params)
+    actual = warp_full(logits.clone(), params)
+    assert torch.equal(torch.isinf(actual), torch.isinf(expected))
+    keep = ~torch.isinf(expected)
+    torch.testing.assert_close(actual[keep], expected[keep])
+
+
+def test_ties_at_the_kth_value_are_kept_like_transformers() -> None:
+    logits = torch.randn(2, VOCAB, generator=torch.Generator().manual_seed(3))
+    logits[:, :200] = 5.0  # 200 ids tie with the 60th largest value
+    params = SamplingParams(temperature=1.0, top_k=60, top_p=1.0, min_p=0.0)
+    expected = transformers_warp(logits.clone(), params)
+    assert torch.equal(torch.isinf(warp_full(logits, params)), torch.isinf(expected))
+
+
+def test_repetition_penalty_matches_transformers() -> None:
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, VOCAB, generator=g)
+    ids = torch.randint(0, VOCAB, (3, 50), generator=g)
+    expected = generation.RepetitionPenaltyLogitsProcessor(1.17)(ids, logits.clone())
+    seen = torch.zeros(3, VOCAB, dtype=torch.bool)
+    seen.scatter_(1, ids, True)
+    actual = apply_repetition_penalty(logits, seen, torch.full((3, 1), 1.17))
+    torch.testing.assert_close(actual, expected)
+
+
+def test_greedy_rows_take_the_argmax_and_sampled_rows_draw_from_the_filtered_set() -> None:
+    logits = torch.randn(3, VOCAB, generator=torch.Generator().manual_seed(2)) * 4
+    params = [SamplingParams(temperature=0), SamplingParams(top_k=3), SamplingParams(top_k=3)]
+    batch = SamplingBatch.build(params, VOCAB, logits.device)
+    for u in (0.0, 0.3, 0.999999):
+        tokens = choose(logits.clone(), batch, torch.full((3,), u))
+        assert tokens[0] == logits[0].argmax()
+        for row in (1, 2):
+            assert int(tokens[row]) in logits[row].topk(3).indices.tolist()
+
+
+def test_inverse_cdf_draws_follow_the_probabilities() -> None:
+    values = torch.tensor([[2.0, 1.0, float("-inf"), 0.0]])
+    ids = torch.tensor([[10, 11, 12, 13]])
+    probs = values.softmax(-1)[0]
+    uniforms = torch.linspace(0, 1, 2001)[:-1]
+    picks = torch.cat([draw(values, ids, u[None]) for u in uniforms])
+    counts = torch.stack([(picks == i).float().mean() for i in (10, 11, 12, 13)])
+    torch.testing.assert_close(counts, probs, atol=1e-3, rtol=0)
