@@ -179,3 +179,19 @@ def test_request_options_are_validated():
     assert ExpandRequest.create(width=832, height=1216).aspect == pytest.approx(832 / 1216)
     assert ExpandRequest.create(tags=["a", "b"]).tags == "a, b"
     assert ExpandRequest.create(temperature=0.5).sampling.temperature == 0.5
+
+
+def test_a_retry_that_no_longer_fits_the_context_ends_the_retries(tokenizer):
+    def wordy(prompt, request):  # many new tags, never enough for the bucket's minimum
+        return ", " + ", ".join(f"tag{request.seed % 10**6}x{i}" for i in range(3))
+
+    backend = ScriptedBackend(tokenizer, wordy, context_length=160)
+    result = TIPO(backend, tokenizer).expand(
+        "scenery",
+        tag_length="very_long",
+        template="tags",
+        seed=1,
+        retries=20,
+        max_new_tokens=48,
+    )
+    assert 1 < len(result.steps) < 21  # retried, then stopped at the context's edge

@@ -166,6 +166,23 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("output", help="the .gguf file to write")
     convert.add_argument("--quant", default="F16", help="F16 (default), Q8_0 or Q4_K_M")
     convert.add_argument("--offline", action="store_true", help="never touch the network")
+    bench = commands.add_parser(
+        "bench", help="time every engine side by side (and quality, and whole requests)"
+    )
+    bench.add_argument("--model", type=Path, help="HF folder (default: random TIPO-200M)")
+    bench.add_argument("--tokenizer", type=Path, help="tokenizer.model, for the request rows")
+    bench.add_argument("--dtypes", default="float32,bfloat16,float16,int8,int4")
+    bench.add_argument("--batches", default="1,4,8,16")
+    bench.add_argument("--gguf-batches", default="1,4,16")
+    bench.add_argument("--prompt-len", type=int, default=64)
+    bench.add_argument("--new-tokens", type=int, default=256)
+    bench.add_argument("--threads", type=int, help="threads per engine (default: all cores)")
+    bench.add_argument("--no-llamacpp", dest="llamacpp", action="store_false")
+    bench.add_argument("--no-quality", dest="quality", action="store_false")
+    bench.add_argument("--no-pipeline", dest="pipeline", action="store_false")
+    bench.add_argument("--quick", action="store_true",
+                       help="int8 and bfloat16, batches 1 and 16, 128 tokens")  # fmt: skip
+    bench.add_argument("--json", action="store_true", help="print the report as JSON")
     templates = commands.add_parser("templates", help="list the output templates")
     templates.add_argument("--show", help="print one template's text")
     return parser
@@ -179,6 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "models": cmd_models,
         "download": cmd_download,
         "convert": cmd_convert,
+        "bench": cmd_bench,
         "templates": cmd_templates,
     }[args.command]
     try:
@@ -375,6 +393,26 @@ def _copy_tokenizer(source: Path, target: Path) -> None:
         if (source / name).is_file() and not (target / name).exists():
             shutil.copyfile(source / name, target / name)
             print(f"copied {name} beside the GGUF file", file=sys.stderr)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import BenchOptions, format_report, run
+
+    def numbers(text: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in text.split(","))
+
+    options = BenchOptions(
+        model=args.model, tokenizer=args.tokenizer, dtypes=tuple(args.dtypes.split(",")),
+        batches=numbers(args.batches), gguf_batches=numbers(args.gguf_batches),
+        prompt_len=args.prompt_len, new_tokens=args.new_tokens, llamacpp=args.llamacpp,
+        quality=args.quality, pipeline=args.pipeline, threads=args.threads,
+    )  # fmt: skip
+    if args.quick:
+        options.dtypes, options.batches, options.gguf_batches = ("int8", "bfloat16"), (1, 16), (1,)
+        options.new_tokens = 128
+    report = run(options)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
 
 
 def cmd_templates(args: argparse.Namespace) -> int:

@@ -120,6 +120,10 @@ class RequestRun:
         prompt = build_prompt(self.model_request(step))
         ids = self.tokenizer.encode(prompt)
         room = self.context_length - len(ids)
+        if room < MIN_NEW_TOKENS and self.attempt > 0:
+            # A retry feeds the output back; when that no longer fits, keep what we have.
+            self.step_index, self.attempt = self.step_index + 1, 0
+            return self.next_generation()
         if room < MIN_NEW_TOKENS:
             raise InvalidRequestError(
                 f"the model-facing prompt is {len(ids)} tokens; the model's context is "

@@ -1,0 +1,426 @@
+"""``tipo bench``: every engine side by side, in one run, on one checkpoint.
+
+Speed does not depend on weight values, so by default the checkpoint is the TIPO-200M
+architecture with random weights, written to a temporary folder. Each speed row runs in a fresh
+process (its own load time and peak RSS) and decodes a fixed number of tokens with EOS ignored.
+Rows are compared with the reference path (transformers ``generate``, fp32, batch 1: the
+reference library runs variants one after another) and with the memory-bandwidth limit (decode
+reads every weight once per step). Quality rows compare each weight format with fp32 on a small
+model trained for the purpose (random weights give flat distributions, where any rounding flips
+the argmax). The pipeline rows run whole requests: one pass with decode-time control against the
+reference's retry loop, and the cost of the constraints in tokens/s.
+
+These machines are noisy: compare ratios from one run, never absolute figures across days.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Bytes read per parameter by each weight format (block scales included).
+BYTES_PER_PARAM = {
+    "float32": 4.0,
+    "bfloat16": 2.0,
+    "float16": 2.0,
+    "int8": 1.03,
+    "int4": 0.56,
+    "F16": 2.0,
+    "Q8_0": 1.0625,
+    "Q4_K_M": 0.6,
+}
+GGUF_QUANTS = ("F16", "Q8_0", "Q4_K_M")
+
+
+@dataclass
+class BenchOptions:
+    model: Path | None = None  # a HF folder; default: random TIPO-200M weights
+    tokenizer: Path | None = None  # tokenizer.model for the pipeline rows
+    dtypes: tuple[str, ...] = ("float32", "bfloat16", "float16", "int8", "int4")
+    batches: tuple[int, ...] = (1, 4, 8, 16)
+    gguf_batches: tuple[int, ...] = (1, 4, 16)
+    prompt_len: int = 64
+    new_tokens: int = 256
+    llamacpp: bool = True
+    quality: bool = True
+    pipeline: bool = True
+    threads: int | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def run_isolated(module: str, function: str, threads: int | None, **kwargs: Any) -> dict:
+    """``module.function(**kwargs)`` in a fresh interpreter; its JSON result or an error row."""
+    env = os.environ.copy()
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    code = (
+        f"import json, sys; from {module} import {function} as f; "
+        "print(json.dumps(f(**json.loads(sys.argv[1]))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(kwargs, default=str)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["failed"])[-1]
+        return {"error": tail}
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- speed ----------------------------------------------------------------------------------
+
+
+def _torch_row(checkpoint: Path, dtype: str, batch: int, o: BenchOptions) -> dict[str, Any]:
+    raw = run_isolated(
+        "tipo.engine.benchmark",
+        "time_decode",
+        o.threads,
+        checkpoint=str(checkpoint),
+        dtype=dtype,
+        batch=batch,
+        prompt_len=o.prompt_len,
+        new_tokens=o.new_tokens,
+    )
+    return _row("torch", dtype, batch, raw, "tokens_per_second", "ms_per_step", "ttft_seconds")
+
+
+def _reference_row(checkpoint: Path, o: BenchOptions) -> dict[str, Any]:
+    raw = run_isolated(
+        "tipo.engine.benchmark",
+        "time_transformers",
+        o.threads,
+        checkpoint=str(checkpoint),
+        batch=1,
+        prompt_len=o.prompt_len,
+        new_tokens=o.new_tokens,
+    )
+    row = _row("transformers (reference)", "float32", 1, raw, "tokens_per_second", "", "")
+    if "tokens_per_s" in row:
+        row["ms_per_token"] = 1000 / row["tokens_per_s"]
+    return row
+
+
+def _gguf_row(path: Path, quant: str, batch: int, o: BenchOptions) -> dict[str, Any]:
+    raw = run_isolated(
+        "tipo.backends.llamacpp_bench",
+        "time_decode_gguf",
+        o.threads,
+        gguf_path=str(path),
+        batch=batch,
+        prompt_len=o.prompt_len,
+        new_tokens=o.new_tokens,
+    )
+    return _row(
+        "llama.cpp", quant, batch, raw, "tokens_per_s", "ms_per_token", "time_to_first_token_s"
+    )
+
+
+def _row(engine: str, weights: str, batch: int, raw: dict, tps: str, ms: str, ttft: str) -> dict:
+    row: dict[str, Any] = {"engine": engine, "weights": weights, "batch": batch}
+    if "error" in raw:
+        return {**row, "error": raw["error"]}
+    row["tokens_per_s"] = raw[tps]
+    row["ms_per_token"] = raw.get(ms, float("nan"))
+    row["ttft_s"] = raw.get(ttft, float("nan"))
+    row["load_s"] = raw.get("load_seconds", float("nan"))
+    row["peak_rss_mb"] = raw.get("peak_rss_mb", float("nan"))
+    return row
+
+
+def speed_rows(checkpoint: Path, o: BenchOptions, scratch: Path) -> list[dict[str, Any]]:
+    rows = [_reference_row(checkpoint, o)]
+    _log(f"reference: {rows[0].get('tokens_per_s', rows[0].get('error'))}")
+    for dtype in o.dtypes:
+        for batch in o.batches:
+            rows.append(_torch_row(checkpoint, dtype, batch, o))
+            _log(f"torch {dtype} x{batch}: {rows[-1].get('tokens_per_s', rows[-1].get('error'))}")
+    for quant, path in gguf_files(checkpoint, o, scratch).items():
+        for batch in o.gguf_batches:
+            rows.append(_gguf_row(path, quant, batch, o))
+            _log(f"llama.cpp {quant} x{batch}: {rows[-1].get('tokens_per_s', rows[-1])}")
+    return rows
+
+
+def gguf_files(checkpoint: Path, o: BenchOptions, scratch: Path) -> dict[str, Path]:
+    if not o.llamacpp:
+        return {}
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        _log("llama-cpp-python is missing: no llama.cpp rows (install tipo-prompt[llamacpp])")
+        return {}
+    from .convert import convert
+
+    return {q: convert(checkpoint, scratch / f"model-{q}.gguf", q) for q in GGUF_QUANTS}
+
+
+def measure_bandwidth(megabytes: int = 512) -> float:
+    """Read bandwidth in GB/s: sum a large array (a decode step reads every weight once)."""
+    import torch
+
+    data = torch.ones(megabytes * 2**20 // 4)
+    data.sum()
+    start = time.perf_counter()
+    for _ in range(5):
+        data.sum()
+    return 5 * data.numel() * 4 / (time.perf_counter() - start) / 1e9
+
+
+def add_ratios(rows: list[dict[str, Any]], params: int, bandwidth: float) -> None:
+    reference = next((r["tokens_per_s"] for r in rows if "reference" in r["engine"]), None)
+    for row in rows:
+        if "tokens_per_s" not in row:
+            continue
+        if reference:
+            row["x_reference"] = row["tokens_per_s"] / reference
+        bytes_per_step = params * BYTES_PER_PARAM.get(row["weights"], 4.0)
+        row["bound_tokens_per_s"] = row["batch"] * bandwidth * 1e9 / bytes_per_step
+        row["of_bound"] = row["tokens_per_s"] / row["bound_tokens_per_s"]
+
+
+# --- quality --------------------------------------------------------------------------------
+
+
+def quality_rows(o: BenchOptions, scratch: Path) -> list[dict[str, Any]]:
+    from .engine import make_trained_checkpoint, quality_report
+
+    _log("training a small model for the quality rows (a few minutes)...")
+    trained = make_trained_checkpoint(scratch / "trained")
+    rows = [
+        {"engine": "torch", **quality_report(trained, dtype)}
+        for dtype in o.dtypes
+        if dtype != "float32"
+    ]
+    if o.llamacpp and gguf_available():
+        from .backends.llamacpp_bench import gguf_quality_report
+        from .convert import convert
+
+        tokenizer = _find_tokenizer(o)
+        if tokenizer is None:
+            _log("no tokenizer.model: llama.cpp quality rows skipped (pass --tokenizer)")
+            return rows
+        shutil.copy(tokenizer, trained / "tokenizer.model")
+        files = {q: convert(trained, scratch / f"trained-{q}.gguf", q) for q in GGUF_QUANTS}
+        for quant in GGUF_QUANTS[1:]:
+            report = gguf_quality_report(files["F16"], files[quant], new_tokens=128)
+            rows.append({"engine": "llama.cpp", "dtype": quant, "reference": "F16", **report})
+    return rows
+
+
+def gguf_available() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _find_tokenizer(o: BenchOptions) -> Path | None:
+    candidates = [o.tokenizer, o.model / "tokenizer.model" if o.model else None]
+    return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
+
+
+# --- whole requests -------------------------------------------------------------------------
+
+
+def pipeline_rows(checkpoint: Path, o: BenchOptions) -> list[dict[str, Any]]:
+    """Whole requests on our engine (default weights): decode-time control in one pass vs the
+    reference's retry loop, and the constraints' cost in tokens/s for 1 and 16 variants."""
+    from .pipeline import TIPO
+    from .request import ExpandRequest
+
+    tipo = TIPO.load(checkpoint)
+    base = {
+        "tags": "1girl, scenery, blue sky",
+        "nl": "A girl stands on a hill.",
+        "tag_length": "long",
+        "nl_length": "long",
+        "template": "tags-nl-generated",
+        "seed": 1,
+    }
+    modes = {
+        "one pass, controlled": {"control": True},
+        "reference retry loop": {"control": False, "retries": 10},
+        "one pass, uncontrolled": {"control": False},
+    }
+    rows = []
+    for variants in (1, 16):
+        for name, options in modes.items():
+            if variants > 1 and name == "reference retry loop":
+                continue
+            request = ExpandRequest.create(**base, **options)
+            start = time.perf_counter()
+            results = tipo.variants(request, variants)
+            rows.append(_pipeline_row(name, variants, results, time.perf_counter() - start))
+            _log(f"pipeline {name} x{variants}: {rows[-1]['tokens_per_s']:.1f} tok/s")
+    tipo.close()
+    return rows
+
+
+def _pipeline_row(name: str, variants: int, results: list[Any], seconds: float) -> dict:
+    tokens = sum(r.new_tokens for r in results)
+    passes = sum(len(r.steps) for r in results)
+    tag_min, tag_max = (36, 54)
+    met = sum(tag_min <= len(r.tags.special) + len(r.tags.general) for r in results)
+    return {
+        "mode": name,
+        "variants": variants,
+        "seconds": seconds,
+        "tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "passes_per_request": passes / variants,
+        "tokens_per_request": tokens / variants,
+        "requests_meeting_tag_minimum": met,
+        "tag_bounds": [tag_min, tag_max],
+    }
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def prepare_checkpoint(o: BenchOptions, scratch: Path) -> Path:
+    if o.model is not None:
+        return o.model
+    from .engine import write_random_checkpoint
+
+    folder = write_random_checkpoint(scratch / "tipo-200m-random", "tipo-200m")
+    tokenizer = _find_tokenizer(o)
+    if tokenizer is not None:
+        shutil.copy(tokenizer, folder / "tokenizer.model")
+    return folder
+
+
+def run(o: BenchOptions) -> dict[str, Any]:
+    from .engine import EngineConfig
+
+    with tempfile.TemporaryDirectory(prefix="tipo-bench-") as tmp:
+        scratch = Path(tmp)
+        checkpoint = prepare_checkpoint(o, scratch)
+        config = EngineConfig.from_hf_config(json.loads((checkpoint / "config.json").read_text()))
+        params = count_parameters(config)
+        bandwidth = measure_bandwidth()
+        report: dict[str, Any] = {
+            "machine": machine_info(),
+            "bandwidth_gb_s": bandwidth,
+            "checkpoint": str(o.model or "random TIPO-200M"),
+            "parameters": params,
+            "prompt_len": o.prompt_len,
+            "new_tokens": o.new_tokens,
+        }
+        report["speed"] = speed_rows(checkpoint, o, scratch)
+        add_ratios(report["speed"], params, bandwidth)
+        if o.quality:
+            report["quality"] = quality_rows(o, scratch)
+        if o.pipeline:
+            if (checkpoint / "tokenizer.model").is_file():
+                report["pipeline"] = pipeline_rows(checkpoint, o)
+            else:
+                _log("no tokenizer.model: pipeline rows skipped (pass --tokenizer)")
+    return report
+
+
+def count_parameters(config: Any) -> int:
+    """Weights a decode step reads: embeddings are gathered, not read, so they are left out."""
+    h, d = config.hidden_size, config.head_dim
+    attention = h * d * (2 * config.num_heads + 2 * config.num_kv_heads)
+    mlp = 3 * h * config.intermediate_size
+    return int(config.num_layers * (attention + mlp + 2 * h) + h + config.vocab_size * h)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [
+        f"machine: {m['cpus']} cpus {m['machine']} ({m['flags']}), torch {m['torch']}, "
+        f"{m['threads']} threads; read bandwidth {report['bandwidth_gb_s']:.1f} GB/s",
+        f"checkpoint: {report['checkpoint']} ({report['parameters'] / 1e6:.0f}M weights read "
+        f"per step); prompt {report['prompt_len']} tokens, {report['new_tokens']} new, EOS off",
+        "",
+        "| engine | weights | batch | tokens/s | ms/token | TTFT s | load s | peak RSS MB "
+        "| × reference | of bandwidth bound |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [_speed_line(row) for row in report["speed"]]
+    if report.get("quality"):
+        lines += [
+            "",
+            "| engine | format | vs | max logit err | mean logit err | top-1 agreement "
+            "| greedy agreement |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [_quality_line(row) for row in report["quality"]]
+    if report.get("pipeline"):
+        lines += [
+            "",
+            "| request mode | variants | s | tokens | tokens/s | passes/request "
+            "| tokens/request | met tag minimum |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [_pipeline_line(row) for row in report["pipeline"]]
+    return "\n".join(lines)
+
+
+def _speed_line(r: dict[str, Any]) -> str:
+    head = f"| {r['engine']} | {r['weights']} | {r['batch']} |"
+    if "error" in r:
+        return f"{head} error: {r['error']} ||||||"
+    return (
+        f"{head} {r['tokens_per_s']:.1f} | {r['ms_per_token']:.1f} | {r['ttft_s']:.3f} | "
+        f"{r['load_s']:.2f} | {r['peak_rss_mb']:.0f} | {r.get('x_reference', float('nan')):.2f} | "
+        f"{r['of_bound']:.0%} |"
+    )
+
+
+def _quality_line(r: dict[str, Any]) -> str:
+    top1 = r.get("teacher_forced_agreement", r.get("top1_agreement", float("nan")))
+    greedy = r.get("greedy_agreement", r.get("greedy_prefix", float("nan")))
+    return (
+        f"| {r['engine']} | {r['dtype']} | {r['reference']} | {r['max_abs_logit_error']:.4f} | "
+        f"{r['mean_abs_logit_error']:.4f} | {top1:.1%} | {greedy:.1%} |"
+    )
+
+
+def _pipeline_line(r: dict[str, Any]) -> str:
+    return (
+        f"| {r['mode']} | {r['variants']} | {r['seconds']:.1f} | {r['tokens']} | "
+        f"{r['tokens_per_s']:.1f} | {r['passes_per_request']:.1f} | "
+        f"{r['tokens_per_request']:.0f} | {r['requests_meeting_tag_minimum']}/{r['variants']} |"
+    )
+
+
+def machine_info() -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    flags = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        text = cpuinfo.read_text()
+        flags = " ".join(
+            f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in text
+        )
+    return {
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "flags": flags,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+__all__ = ["BenchOptions", "format_report", "measure_bandwidth", "run", "run_isolated"]
