@@ -206,3 +206,31 @@ def test_convert_then_expand_with_the_gguf(capsys, tiny_checkpoint, tmp_path):
     )
     assert code == 0, err
     assert json.loads(out)["steps"][0]["prompt"] == "target: <|long|>\ntag: 1girl, scenery"
+
+
+def test_bench_runs_every_section_on_a_tiny_checkpoint(capsys, tiny_checkpoint):
+    """A smoke test of the harness (no timing is asserted: figures are the bench's output)."""
+    code, out, err = run(
+        capsys,
+        "bench",
+        "--model",
+        tiny_checkpoint,
+        "--dtypes",
+        "float32,int8",
+        "--batches",
+        "1,2",
+        "--gguf-batches",
+        "1",
+        "--new-tokens",
+        8,
+        "--no-quality",
+        "--json",
+    )
+    report = json.loads(out)
+    assert code == 0, err
+    engines = {(r["engine"], r["weights"], r["batch"]) for r in report["speed"]}
+    assert ("torch", "int8", 2) in engines and ("transformers (reference)", "float32", 1) in engines
+    assert not [r for r in report["speed"] if "error" in r]
+    assert all(r["tokens_per_s"] > 0 and r["of_bound"] > 0 for r in report["speed"])
+    modes = {(r["mode"], r["variants"]) for r in report["pipeline"]}
+    assert ("reference retry loop", 1) in modes and ("one pass, controlled", 16) in modes
