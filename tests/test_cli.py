@@ -234,3 +234,18 @@ def test_bench_runs_every_section_on_a_tiny_checkpoint(capsys, tiny_checkpoint):
     assert all(r["tokens_per_s"] > 0 and r["of_bound"] > 0 for r in report["speed"])
     modes = {(r["mode"], r["variants"]) for r in report["pipeline"]}
     assert ("reference retry loop", 1) in modes and ("one pass, controlled", 16) in modes
+
+
+def test_empty_input_generates_from_nothing(capsys, fake):
+    code, out, err = run(capsys, "expand", "", "--seed", 1, "--json", *fake)
+    result = json.loads(out)
+    assert code == 0, err
+    assert [s["task"] for s in result["steps"]] == ["tag", "tag_to_long"]
+    assert result["tags"]["general"] and result["generated"]
+
+
+def test_100_kb_input_is_a_clear_error_not_a_hang(capsys, fake):
+    huge = ", ".join(f"tag{i}" for i in range(15_000))
+    assert len(huge) > 100_000
+    code, _, err = run(capsys, "expand", huge, *fake)
+    assert code == 2 and "context" in err and "Traceback" not in err

@@ -51,16 +51,19 @@ TOY_SENTENCES = (
 
 
 def toy_script(prompt: str, request: GenerationRequest) -> str:
-    """Continue the field the prompt ends in, or write the one it names; then a caption."""
+    """Continue the field the prompt ends in, or write the one it names (a new ``tag`` line
+    when the prompt ends at its target line); tags are followed by a caption when the task
+    ends with one, as a real model writes the task's fields in order."""
     rng = random.Random(request.seed)
     last = prompt.rsplit("\n", 1)[-1]
     key = last.split(":", 1)[0]
     tags = ", ".join(rng.sample(TOY_TAGS, 8))
     caption = " ".join(rng.sample(TOY_SENTENCES, 3))
-    if last.endswith(":"):  # write the named field
-        return f" {tags}" if key == "tag" else f" {caption}"
-    if key == "tag":  # continue the tag line, then add a caption as the model often does
-        return f", {tags}\nlong: {caption}"
+    then_caption = f"\nlong: {caption}" if "_to_long|>" in prompt else ""
+    if key == "target":
+        return f"\ntag: {tags}{then_caption}"
+    if key == "tag":
+        return (f" {tags}" if last.endswith(":") else f", {tags}") + then_caption
     return f" {caption}"
 
 
