@@ -144,7 +144,9 @@ def _write(cache: Tensor, new: Tensor, p: Pass) -> None:
     """Store new keys or values [B, T, KVH, D] in a cache [rows, KVH, max_len, D]."""
     if p.write_index is not None:
         rows, positions = p.write_index
-        cache[rows, :, positions] = new  # advanced index: [B, T] slots <- [B, T, KVH, D]
+        # advanced index: [B, T] slots <- [B, T, KVH, D]; index_put does not cast (int8
+        # models run fp32 activations beside a bf16 cache)
+        cache[rows, :, positions] = new.to(cache.dtype)
     else:  # a strided copy, much cheaper than index_put
         rows, t = slice(p.first_row, p.first_row + p.rows), new.shape[1]
         cache[rows, :, p.length - t : p.length] = new.transpose(1, 2)
