@@ -68,13 +68,39 @@ def test_unknown_formats_are_refused(tiny_checkpoint: Path) -> None:
         load_model(tiny_checkpoint, "int3")
 
 
-def test_int4_codes_reconstruct_the_weight_within_half_a_step() -> None:
+def restore_int4(codes, scales_zeros, group: int = 32):
+    scale, zero = (t.float().t().repeat_interleave(group, dim=1) for t in scales_zeros.unbind(-1))
+    return (codes.float() - 8) * scale + zero
+
+
+def test_int4_codes_reconstruct_the_weight_within_half_a_step_of_the_clipped_range() -> None:
     w = weight(32, 128)
     codes, scales_zeros = quantize_int4(w)
-    scale, zero = (t.float().t().repeat_interleave(32, dim=1) for t in scales_zeros.unbind(-1))
-    restored = (codes.float() - 8) * scale + zero
+    restored = restore_int4(codes, scales_zeros)
+    scale = scales_zeros[..., 0].float().t().repeat_interleave(32, dim=1)
+    low, high = restored.reshape(-1, 32).aminmax(dim=1)
+    inside = (w.reshape(-1, 32) >= low[:, None] - scale.reshape(-1, 32) * 0.5) & (
+        w.reshape(-1, 32) <= high[:, None] + scale.reshape(-1, 32) * 0.5
+    )
     assert codes.min() >= 0 and codes.max() <= 15
-    assert ((restored - w).abs() <= scale * 0.5 + 1e-3).all()
+    # Weights inside a group's (clipped) range round to the nearest level.
+    error = (restored - w).abs().reshape(-1, 32)
+    assert (error[inside] <= scale.reshape(-1, 32)[inside] * 0.5 + 1e-3).all()
+
+
+def test_int4_range_search_never_does_worse_than_min_max() -> None:
+    w = weight(64, 256)
+    searched = restore_int4(*quantize_int4(w))
+    plain = restore_int4(*quantize_int4(w, ratios=(1.0,)))
+    per_group = [(r - w).square().reshape(-1, 32).sum(1) for r in (searched, plain)]
+    assert (per_group[0] <= per_group[1] + 1e-9).all()
+    assert per_group[0].sum() < per_group[1].sum()
+
+
+def test_int4_models_keep_an_int8_output_head(tiny_checkpoint: Path) -> None:
+    model = load_model(tiny_checkpoint, "int4")
+    assert isinstance(model.lm_head, Int8Linear)
+    assert isinstance(model.blocks[0].mlp.down, Int4Linear)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 16])

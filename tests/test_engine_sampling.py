@@ -95,6 +95,17 @@ def test_greedy_rows_take_the_argmax_and_sampled_rows_draw_from_the_filtered_set
             assert int(tokens[row]) in logits[row].topk(3).indices.tolist()
 
 
+def test_an_all_sampled_batch_draws_what_the_same_rows_draw_beside_a_greedy_row() -> None:
+    logits = torch.randn(3, VOCAB, generator=torch.Generator().manual_seed(4)) * 3
+    sampled = [SamplingParams(temperature=0.7, top_k=40, top_p=0.9, min_p=0.05),
+               SamplingParams(temperature=1.2, top_k=0, top_p=1.0, min_p=0.0)]  # fmt: skip
+    alone = SamplingBatch.build(sampled, VOCAB, logits.device)
+    mixed = SamplingBatch.build([SamplingParams(temperature=0), *sampled], VOCAB, logits.device)
+    for u in (0.1, 0.5, 0.95):
+        expected = choose(logits.clone(), mixed, torch.full((3,), u))[1:]
+        assert torch.equal(choose(logits[1:].clone(), alone, torch.full((2,), u)), expected)
+
+
 def test_inverse_cdf_draws_follow_the_probabilities() -> None:
     values = torch.tensor([[2.0, 1.0, float("-inf"), 0.0]])
     ids = torch.tensor([[10, 11, 12, 13]])

@@ -82,70 +82,84 @@ class RMSNorm(nn.Module):
 
 
 def rope_tables(config: EngineConfig, device: torch.device) -> Tensor:
-    """[2, max_positions, D] fp32: cos, and sin with its first half negated, computed like
-    transformers (rotate-half layout: the D/2 frequencies repeated twice)."""
+    """[max_positions, D/2] complex64: cos + i sin of each position's D/2 angles, computed like
+    transformers (fp32 inverse frequencies, fp32 angles)."""
     dim = config.head_dim
     inv_freq = 1.0 / (
         config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)
     )
     positions = torch.arange(config.max_position_embeddings, dtype=torch.float32)
     angles = positions[:, None] * inv_freq[None, :]  # [P, D/2]
-    angles = torch.cat([angles, angles], dim=-1)  # [P, D]
-    signed_sin = angles.sin()
-    signed_sin[:, : dim // 2] *= -1
-    return torch.stack([angles.cos(), signed_sin]).to(device=device)
+    return torch.complex(angles.cos(), angles.sin()).to(device=device)
 
 
-def apply_rope(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
-    """x [N, heads, D], cos / signed_sin [N, 1, D] -> x rotated by its position.
-    transformers computes ``x * cos + rotate_half(x) * sin`` with rotate_half(x) = [-x2, x1];
-    swapping the halves (flip over a [2, D/2] view) and the sign folded into the sin table
-    give the same products in three ops instead of five."""
-    swapped = x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)
-    return torch.addcmul(x * cos, swapped, signed_sin)
+def rope_pair_order(head_dim: int) -> Tensor:
+    """Row order [D] that takes one head's q or k projection rows from transformers'
+    rotate-half layout (pairs (i, i + D/2)) to interleaved pairs (2i, 2i + 1)."""
+    half = head_dim // 2
+    return torch.stack([torch.arange(half), torch.arange(half) + half], dim=1).reshape(-1)
+
+
+def interleave_rope_rows(weight: Tensor, heads: int, head_dim: int) -> Tensor:
+    """q or k projection rows [heads * D, ...] in interleaved pair order (see apply_rope).
+    Queries and keys are permuted alike, so every q . k product is unchanged."""
+    order = rope_pair_order(head_dim)
+    index = (torch.arange(heads)[:, None] * head_dim + order[None, :]).reshape(-1)
+    return weight.index_select(0, index.to(weight.device))
+
+
+def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
+    """x [N, heads, D] with each rotated pair adjacent (rows permuted at load time by
+    interleave_rope_rows), freqs [N, 1, D/2] complex -> x rotated, [N, heads, D/2, 2] in
+    fp32. transformers' ``x * cos + rotate_half(x) * sin`` rotates pairs (i, i + D/2); one
+    complex product rotates the same pairs, one op instead of five."""
+    pairs = x.unflatten(-1, (-1, 2))
+    if pairs.dtype != torch.float32:
+        pairs = pairs.float()
+    return torch.view_as_real(torch.view_as_complex(pairs) * freqs)
 
 
 class Attention(nn.Module):
     def __init__(self, config: EngineConfig, qkv: nn.Module, out: nn.Module) -> None:
         super().__init__()
-        self.qkv, self.out = qkv, out  # qkv: C -> (H + 2 KVH) D, fused q, k, v projections
+        # qkv: C -> (H + 2 KVH) D, fused q, k, v projections, q and k rows in interleaved
+        # RoPE pair order (interleave_rope_rows).
+        self.qkv, self.out = qkv, out
         self.heads, self.kv_heads, self.head_dim = (
             config.num_heads,
             config.num_kv_heads,
             config.head_dim,
         )
         self.gqa = config.num_kv_heads != config.num_heads
+        self.sdpa_options = {"enable_gqa": True} if self.gqa and _NATIVE_GQA else {}
 
     def forward(self, x: Tensor, rope: Tensor, cache: tuple[Tensor, Tensor], p: Pass) -> Tensor:
-        """x [B, T, C], rope [2, B * T, 1, D] (cos, signed sin per token) -> [B, T, C]."""
+        """x [B, T, C], rope [B * T, 1, D/2] complex (per token) -> [B, T, C]."""
         b, t, _ = x.shape
-        h, kvh = self.heads, self.kv_heads
-        qkv = self.qkv(x).view(b * t, h + 2 * kvh, self.head_dim)
-        qk = apply_rope(qkv[:, : h + kvh], rope[0], rope[1]).view(b, t, h + kvh, self.head_dim)
-        q, k = qk[:, :, :h], qk[:, :, h:]
-        v = qkv[:, h + kvh :].view(b, t, kvh, self.head_dim)
+        h, kvh, d = self.heads, self.kv_heads, self.head_dim
+        qkv = self.qkv.forward(x).view(b * t, h + 2 * kvh, d)
+        qk = apply_rope(qkv[:, : h + kvh], rope).view(b, t, h + kvh, d)  # fp32
         k_cache, v_cache = cache  # each [rows, KVH, max_len, D]
-        _write(k_cache, k, p)
-        _write(v_cache, v, p)
+        _write(k_cache, qk[:, :, h:], p)
+        _write(v_cache, qkv[:, h + kvh :].view(b, t, kvh, d), p)
         rows = slice(p.first_row, p.first_row + p.rows)
         keys, values = k_cache[rows, :, : p.length], v_cache[rows, :, : p.length]
-        gqa = {"enable_gqa": True} if self.gqa and _NATIVE_GQA else {}
         if self.gqa and not _NATIVE_GQA:  # old torch: give every query head its own copy
             group = h // kvh
             keys, values = keys.repeat_interleave(group, 1), values.repeat_interleave(group, 1)
+        q = qk[:, :, :h].transpose(1, 2).to(keys.dtype)  # [B, H, T, D]
         y = F.scaled_dot_product_attention(
-            q.transpose(1, 2).to(keys.dtype), keys, values, attn_mask=p.mask,
-            is_causal=p.causal, **gqa,
-        )  # fmt: skip
-        return self.out(y.transpose(1, 2).reshape(b, t, h * self.head_dim).to(x.dtype))
+            q, keys, values, attn_mask=p.mask, is_causal=p.causal, **self.sdpa_options
+        )
+        return self.out.forward(y.transpose(1, 2).reshape(b, t, h * d).to(x.dtype))
 
 
 def _write(cache: Tensor, new: Tensor, p: Pass) -> None:
     """Store new keys or values [B, T, KVH, D] in a cache [rows, KVH, max_len, D]."""
     if p.write_index is not None:
         rows, positions = p.write_index
-        # advanced index: [B, T] slots <- [B, T, KVH, D]; index_put does not cast (int8
-        # models run fp32 activations beside a bf16 cache)
+        # advanced index: [B, T] slots <- [B, T, KVH, D]; index_put does not cast (the keys
+        # come out of RoPE in fp32, the cache may be bf16)
         cache[rows, :, positions] = new.to(cache.dtype)
     else:  # a strided copy, much cheaper than index_put
         rows, t = slice(p.first_row, p.first_row + p.rows), new.shape[1]
@@ -158,9 +172,9 @@ class FeedForward(nn.Module):
         self.gate_up, self.down, self.hidden = gate_up, down, hidden  # gate_up: C -> 2 F
 
     def forward(self, x: Tensor) -> Tensor:
-        gate_up = self.gate_up(x)
+        gate_up = self.gate_up.forward(x)
         gate, up = gate_up[..., : self.hidden], gate_up[..., self.hidden :]
-        return self.down(F.silu(gate) * up)
+        return self.down.forward(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -169,8 +183,10 @@ class Block(nn.Module):
         self.attn_norm, self.attn, self.mlp_norm, self.mlp = attn_norm, attn, mlp_norm, mlp
 
     def forward(self, x: Tensor, rope: Tensor, cache: tuple[Tensor, Tensor], p: Pass) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, cache, p)
-        return x + self.mlp(self.mlp_norm(x))
+        # .forward, not __call__: the module hooks machinery costs more than the small ops
+        # here at batch 1.
+        x = x + self.attn.forward(self.attn_norm.forward(x), rope, cache, p)
+        return x + self.mlp.forward(self.mlp_norm.forward(x))
 
 
 class Transformer(nn.Module):
@@ -206,16 +222,16 @@ class Transformer(nn.Module):
         Returns logits [B, V] for the last token ("last"), [B, T, V] ("all"), or None
         ("none": a prefill whose next-token logits are not needed)."""
         x = F.embedding(tokens, self.embed).to(self.act_dtype)  # [B, T, C]
-        # cos and signed sin of each token's position, shared by all layers: [2, B * T, 1, D]
-        rope = self.rope[:, p.positions.reshape(-1), None].to(self.act_dtype)
+        # each token's rotation, shared by all layers: [B * T, 1, D/2] complex
+        rope = self.rope[p.positions.reshape(-1), None]
         keys, values = cache
         for index, block in enumerate(self.blocks):
-            x = block(x, rope, (keys[index], values[index]), p)
+            x = block.forward(x, rope, (keys[index], values[index]), p)
         if logits == "none":
             return None
         if logits == "last":
             x = x[:, -1]
-        out = self.lm_head(self.norm(x))
+        out = self.lm_head.forward(self.norm.forward(x))
         return out[..., : self.config.vocab_size]
 
 
@@ -224,6 +240,7 @@ __all__ = [
     "Transformer",
     "apply_rope",
     "decode_pass",
+    "interleave_rope_rows",
     "prefill_pass",
     "rope_tables",
 ]

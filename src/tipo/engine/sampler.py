@@ -33,7 +33,8 @@ _TIE_MARGIN = 32
 
 @dataclass
 class SamplingBatch:
-    """Per-row sampling parameters of a decode batch, as tensors [B, 1] on the logits' device."""
+    """Per-row sampling parameters of a decode batch, as tensors [B, 1] on the logits' device,
+    plus what the whole batch needs (so a step skips the filters no row uses)."""
 
     params: list[SamplingParams]
     temperature: Tensor
@@ -42,32 +43,43 @@ class SamplingBatch:
     min_p: Tensor
     penalty: Tensor
     greedy: list[bool]
+    largest_k: int = 0
+    any_top_p: bool = True  # some row has top_p < 1
+    any_min_p: bool = True  # some row has min_p > 0
 
     @classmethod
     def build(cls, params: list[SamplingParams], vocab: int, device: torch.device) -> SamplingBatch:
-        def column(values: list[float], dtype: torch.dtype = torch.float32) -> Tensor:
+        def column(values: list, dtype: torch.dtype = torch.float32) -> Tensor:
             return torch.tensor(values, dtype=dtype, device=device)[:, None]
 
+        top_k = [min(p.top_k, vocab) or vocab for p in params]
         return cls(
             params=params,
             temperature=column([p.temperature or 1.0 for p in params]),
-            top_k=column([min(p.top_k, vocab) or vocab for p in params], torch.long),
+            top_k=column(top_k, torch.long),
             top_p=column([p.top_p for p in params]),
             min_p=column([p.min_p for p in params]),
             penalty=column([p.repetition_penalty for p in params]),
             greedy=[p.greedy for p in params],
+            largest_k=max(top_k),
+            any_top_p=any(p.top_p < 1 for p in params),
+            any_min_p=any(p.min_p > 0 for p in params),
         )
 
     def rows(self, index: Tensor) -> SamplingBatch:
         """The sub-batch of rows ``index`` (long [b])."""
+        rows = index.tolist()
         return SamplingBatch(
-            params=[self.params[i] for i in index.tolist()],
+            params=[self.params[i] for i in rows],
             temperature=self.temperature[index],
             top_k=self.top_k[index],
             top_p=self.top_p[index],
             min_p=self.min_p[index],
             penalty=self.penalty[index],
-            greedy=[self.greedy[i] for i in index.tolist()],
+            greedy=[self.greedy[i] for i in rows],
+            largest_k=int(self.top_k[index].max()),
+            any_top_p=self.any_top_p,
+            any_min_p=self.any_min_p,
         )
 
 
@@ -77,19 +89,28 @@ def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: Tensor) -> T
     return torch.where(seen, penalised, logits)
 
 
-def top_candidates(scores: Tensor, batch: SamplingBatch) -> tuple[Tensor, Tensor]:
-    """Temperature-scaled scores [B, V] -> (values, ids) [B, K] sorted by descending value,
-    with the filtered-out candidates at -inf."""
-    vocab = scores.shape[-1]
-    largest_k = int(batch.top_k.max())
+def top_candidates(logits: Tensor, batch: SamplingBatch) -> tuple[Tensor, Tensor]:
+    """Logits [B, V] -> temperature-scaled (values, ids) [B, K] sorted by descending value,
+    with the filtered-out candidates at -inf.
+
+    The candidates are chosen on the logits and only they are divided by the temperature
+    (a positive divisor keeps the order; rounding may merge neighbours into ties, which the
+    tie check below sees, as it compares scaled values)."""
+    vocab = logits.shape[-1]
+    largest_k = batch.largest_k or int(batch.top_k.max())
     count = vocab if largest_k + _TIE_MARGIN >= vocab else largest_k + _TIE_MARGIN
-    values, ids = scores.topk(count, dim=-1)
+    values, ids = logits.topk(count, dim=-1)
+    values = values / batch.temperature
     kth = values.gather(1, batch.top_k - 1)  # [B, 1] the k-th largest value per row
     if count < vocab and bool((values[:, -1:] >= kth).any()):
-        values, ids = scores.sort(dim=-1, descending=True)  # ties run past the candidates
+        # ties run past the candidates: all of them, as transformers would see them
+        values, ids = (logits / batch.temperature).sort(dim=-1, descending=True)
     values = values.masked_fill(values < kth, float("-inf"))  # top-k, ties kept
-    values = _top_p(values, batch.top_p)
-    return _min_p(values, batch.min_p), ids
+    if batch.any_top_p:
+        values = _top_p(values, batch.top_p)
+    if batch.any_min_p:
+        values = _min_p(values, batch.min_p)
+    return values, ids
 
 
 def _top_p(values: Tensor, top_p: Tensor) -> Tensor:
@@ -120,12 +141,14 @@ def draw(values: Tensor, ids: Tensor, uniforms: Tensor) -> Tensor:
 def choose(logits: Tensor, batch: SamplingBatch, uniforms: Tensor) -> Tensor:
     """Penalised, masked logits [B, V] fp32 -> next token ids [B]. ``uniforms`` [B] are used
     by the sampled rows only."""
+    if not any(batch.greedy):  # the usual case: every row samples
+        return draw(*top_candidates(logits, batch), uniforms)
     tokens = logits.argmax(dim=-1)
     if all(batch.greedy):
         return tokens
     sampled = torch.tensor([i for i, g in enumerate(batch.greedy) if not g], device=logits.device)
     sub = batch.rows(sampled)
-    values, ids = top_candidates(logits[sampled] / sub.temperature, sub)
+    values, ids = top_candidates(logits[sampled], sub)
     tokens[sampled] = draw(values, ids, uniforms[sampled])
     return tokens
 
@@ -134,7 +157,7 @@ def warp_full(logits: Tensor, params: SamplingParams) -> Tensor:
     """The scores [B, V] transformers' warpers would produce (filtered ids at -inf): the
     candidate-space filters scattered back over the vocabulary. For tests and reports."""
     batch = SamplingBatch.build([params] * logits.shape[0], logits.shape[-1], logits.device)
-    values, ids = top_candidates(logits / batch.temperature, batch)
+    values, ids = top_candidates(logits, batch)
     full = torch.full_like(logits, float("-inf"))
     return full.scatter(1, ids, values)
 

@@ -200,13 +200,16 @@ class Scheduler:
             params = [s.request.sampling for s in self.active]
             self._sampling = SamplingBatch.build(params, self.config.vocab_size, device)
         sampling = self._sampling
-        if any(p.repetition_penalty != 1.0 for p in sampling.params):
+        penalised = any(p.repetition_penalty != 1.0 for p in sampling.params)
+        if penalised:
             logits = apply_repetition_penalty(logits, self.seen[:batch], sampling.penalty)
         for row, sequence in enumerate(self.active):
             if sequence.request.constraint is not None:
                 sequence.request.constraint.mask_logits(logits[row])
         chosen = choose(logits, sampling, self._uniforms(sampling))
-        self.seen[torch.arange(batch, device=device), chosen] = True
+        # Only rows with a penalty read ``seen``, and they update it whenever they decode.
+        if penalised:
+            self.seen[torch.arange(batch, device=device), chosen] = True
         return chosen.tolist()
 
     def _uniforms(self, sampling: SamplingBatch) -> Tensor:

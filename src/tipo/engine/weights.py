@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from ..checkpoints import read_config, weight_files
 from ..errors import BackendError, CheckpointError
 from .config import EngineConfig
-from .model import Attention, Block, FeedForward, RMSNorm, Transformer
-from .quant import WEIGHT_FORMATS, activation_dtype, kv_cache_dtype, make_linear
+from .model import Attention, Block, FeedForward, RMSNorm, Transformer, interleave_rope_rows
+from .quant import WEIGHT_FORMATS, activation_dtype, head_format, kv_cache_dtype, make_linear
 
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some exporters save; recomputed here
@@ -184,17 +184,35 @@ class _Builder:
     def tensor(self, name: str) -> Tensor:
         return self.reader.read([name]).to(self.device, self.act_dtype)
 
-    def linear(self, prefix: str, parts: list[str], bias: bool) -> nn.Module:
-        weight = self.reader.read([f"{prefix}{p}.weight" for p in parts]).to(self.device)
-        b = self.reader.read([f"{prefix}{p}.bias" for p in parts]).to(self.device) if bias else None
-        return make_linear(weight, b, self.fmt, int8_copy=self.int8_copy)
+    def linear(
+        self, prefix: str, parts: list[str], bias: bool, rope: bool = False, fmt: str = ""
+    ) -> nn.Module:
+        """``parts`` read into one layer (format ``fmt``, default the model's); ``rope``: the
+        parts are q, k, v, whose q and k rows go into the model's RoPE pair order."""
+        weight = self.reader.read([f"{prefix}{p}.weight" for p in parts])
+        b = self.reader.read([f"{prefix}{p}.bias" for p in parts]) if bias else None
+        if rope:
+            weight, b = self._rope_rows(weight), None if b is None else self._rope_rows(b)
+        b = None if b is None else b.to(self.device)
+        fmt = fmt or self.fmt
+        return make_linear(weight.to(self.device), b, fmt, int8_copy=self.int8_copy)
+
+    def _rope_rows(self, qkv: Tensor) -> Tensor:
+        """Fused q, k, v rows [(H + 2 KVH) D, ...] with the q and k rows of each head
+        interleaved (model.apply_rope), in place."""
+        c = self.config
+        q, k = qkv[: c.q_size], qkv[c.q_size : c.q_size + c.kv_size]
+        q.copy_(interleave_rope_rows(q, c.num_heads, c.head_dim))
+        k.copy_(interleave_rope_rows(k, c.num_kv_heads, c.head_dim))
+        return qkv
 
     def norm(self, name: str) -> RMSNorm:
         return RMSNorm(self.tensor(name), self.config.rms_norm_eps)
 
     def block(self, index: int) -> Block:
         p, config = f"model.layers.{index}.", self.config
-        qkv = self.linear(f"{p}self_attn.", ["q_proj", "k_proj", "v_proj"], config.attention_bias)
+        qkv = self.linear(f"{p}self_attn.", ["q_proj", "k_proj", "v_proj"],
+                          config.attention_bias, rope=True)  # fmt: skip
         out = self.linear(f"{p}self_attn.", ["o_proj"], config.attention_bias)
         gate_up = self.linear(f"{p}mlp.", ["gate_proj", "up_proj"], config.mlp_bias)
         down = self.linear(f"{p}mlp.", ["down_proj"], config.mlp_bias)
@@ -208,7 +226,7 @@ class _Builder:
     def model(self) -> Transformer:
         blocks = [self.block(i) for i in range(self.config.num_layers)]
         head_name = "model.embed_tokens" if self.config.tie_word_embeddings else "lm_head"
-        lm_head = self.linear("", [head_name], bias=False)
+        lm_head = self.linear("", [head_name], bias=False, fmt=head_format(self.fmt))
         # The embedding is only gathered from (B rows per step), so its format does not
         # matter for speed: keep it in the activation dtype.
         embed = self.tensor("model.embed_tokens.weight")
