@@ -195,3 +195,15 @@ def test_a_retry_that_no_longer_fits_the_context_ends_the_retries(tokenizer):
         max_new_tokens=48,
     )
     assert 1 < len(result.steps) < 21  # retried, then stopped at the context's edge
+
+
+def test_a_later_step_past_the_context_is_skipped_and_earlier_output_kept(tokenizer):
+    def wordy(prompt, request):  # tags of rare characters: as many tokens in the next prompt
+        return ", " + ", ".join(chr(0x20000 + i) * 4 for i in range(60))
+
+    backend = ScriptedBackend(tokenizer, wordy, context_length=200)
+    result = TIPO(backend, tokenizer).expand(
+        "scenery", template="tags-nl-generated", seed=1, max_new_tokens=190
+    )
+    assert [s.task for s in result.steps] == ["tag"]  # the caption step had no room
+    assert chr(0x20000) * 4 in result.tags.general and chr(0x20000) * 4 in result.prompt

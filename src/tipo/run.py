@@ -120,8 +120,9 @@ class RequestRun:
         prompt = build_prompt(self.model_request(step))
         ids = self.tokenizer.encode(prompt)
         room = self.context_length - len(ids)
-        if room < MIN_NEW_TOKENS and self.attempt > 0:
-            # A retry feeds the output back; when that no longer fits, keep what we have.
+        if room < MIN_NEW_TOKENS and self.records:
+            # Earlier steps (or a retry feeding its output back) grew the prompt past the
+            # context: keep what was generated and skip this step, rather than lose it all.
             self.step_index, self.attempt = self.step_index + 1, 0
             return self.next_generation()
         if room < MIN_NEW_TOKENS:
