@@ -62,10 +62,14 @@ def head_format(fmt: str) -> str:
     return "int8" if fmt == "int4" else fmt
 
 
-def kv_cache_dtype(fmt: str) -> torch.dtype:
-    """The KV cache's dtype: the weights' float dtype, bf16 for the quantised formats.
-    Batched decode reads the whole cache every step (at batch 16 and 300 positions as many
-    bytes as the int8 weights), so the int8 format's fp32 activations keep a bf16 cache."""
+def kv_cache_dtype(fmt: str, device: torch.device) -> torch.dtype:
+    """The KV cache's dtype. On CPU fp32 for every format: without AMX, SDPA on a bf16 cache
+    converts every key and value to fp32 on each read, and measured 3-6x slower than on an fp32
+    cache (decode, 12 heads, 300-1,500 positions, 2 cores), which at batch 16 was most of a
+    step. Elsewhere the weights' float dtype, bf16 for the quantised formats (half the bytes,
+    and GPUs have native bf16 attention)."""
+    if device.type == "cpu":
+        return torch.float32
     return _FLOAT_DTYPES.get(fmt, torch.bfloat16)
 
 

@@ -231,7 +231,7 @@ class _Builder:
         # matter for speed: keep it in the activation dtype.
         embed = self.tensor("model.embed_tokens.weight")
         norm = self.norm("model.norm.weight")
-        kv_dtype = kv_cache_dtype(self.fmt)
+        kv_dtype = kv_cache_dtype(self.fmt, self.device)
         return Transformer(self.config, embed, blocks, norm, lm_head, self.act_dtype, kv_dtype)
 
 
