@@ -224,6 +224,8 @@ def test_bench_runs_every_section_on_a_tiny_checkpoint(capsys, tiny_checkpoint):
         "--new-tokens",
         8,
         "--no-quality",
+        "--retry-seeds",
+        2,
         "--json",
     )
     report = json.loads(out)
@@ -234,6 +236,9 @@ def test_bench_runs_every_section_on_a_tiny_checkpoint(capsys, tiny_checkpoint):
     assert all(r["tokens_per_s"] > 0 and r["of_bound"] > 0 for r in report["speed"])
     modes = {(r["mode"], r["variants"]) for r in report["pipeline"]}
     assert ("reference retry loop", 1) in modes and ("one pass, controlled", 16) in modes
+    assert ("one pass, controlled, vocabulary", 16) in modes
+    controlled = [r for r in report["retries"] if r["mode"] == "one pass, controlled"]
+    assert len(controlled) == 4 and all(r["met_targets"] == r["requests"] for r in controlled)
 
 
 def test_empty_input_generates_from_nothing(capsys, fake):

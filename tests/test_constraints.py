@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from checkpoints import llama_tokenizer_model
-from noise_backend import NoiseBackend
 from tipo import TIPO, ExpandRequest
+from tipo.backends.noise import NoiseBackend
 from tipo.bans import BanList
 from tipo.constraints import DecodeControl, FieldConstraint, StepFields, TokenTable
 from tipo.postprocess import split_sentences
@@ -36,9 +36,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def tipo(tokenizer):
-    structural = [tokenizer.token_to_id(t) for t in (",", ".", "<0x0A>")] + [tokenizer.eos_id]
-    backend = NoiseBackend(tokenizer.vocab_size, tokenizer.eos_id, biased=structural)
-    return TIPO(backend, tokenizer)
+    return TIPO(NoiseBackend.format_aware(tokenizer), tokenizer)
 
 
 def _requests(length, **extra):

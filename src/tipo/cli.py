@@ -71,9 +71,15 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model", "-m", help="Hub id, local folder or .gguf file (default: KBlueLeaf/TIPO-200M-ft)"
     )
-    group.add_argument("--backend", default="auto", help="auto (default), transformers, ...")
+    group.add_argument(
+        "--backend", default="auto", help="auto (default), torch, transformers or llamacpp"
+    )
     group.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    group.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the backend's)")
+    group.add_argument(
+        "--dtype",
+        help="weights: float32, bfloat16, float16, int8 or int4 (default: int8 on CPU, "
+        "bfloat16 on CUDA; transformers: float32, bfloat16 or float16)",
+    )
     group.add_argument("--offline", action="store_true", help="never touch the network")
     group.add_argument("--tag-csv", help="tag CSV (SD-WebUI autocomplete format) for aliases")
 
@@ -172,20 +178,33 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", type=Path, help="HF folder (default: random TIPO-200M)")
     bench.add_argument("--tokenizer", type=Path, help="tokenizer.model, for the request rows")
     bench.add_argument("--dtypes", default="float32,bfloat16,float16,int8,int4")
-    bench.add_argument("--batches", default="1,4,8,16")
-    bench.add_argument("--gguf-batches", default="1,4,16")
+    bench.add_argument("--batches", type=_counts, default="1,4,8,16")
+    bench.add_argument("--gguf-batches", type=_counts, default="1,4,16")
     bench.add_argument("--prompt-len", type=int, default=64)
     bench.add_argument("--new-tokens", type=int, default=256)
     bench.add_argument("--threads", type=int, help="threads per engine (default: all cores)")
     bench.add_argument("--no-llamacpp", dest="llamacpp", action="store_false")
     bench.add_argument("--no-quality", dest="quality", action="store_false")
     bench.add_argument("--no-pipeline", dest="pipeline", action="store_false")
+    bench.add_argument("--retry-seeds", type=int, default=32,
+                       help="requests per length and mode, retry-loop comparison")  # fmt: skip
     bench.add_argument("--quick", action="store_true",
-                       help="int8 and bfloat16, batches 1 and 16, 128 tokens")  # fmt: skip
+                       help="int8 and bfloat16, batches 1 and 16, 128 tokens, 8 seeds")  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
     templates = commands.add_parser("templates", help="list the output templates")
     templates.add_argument("--show", help="print one template's text")
     return parser
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    """``"1,4,16"`` -> (1, 4, 16), for argparse."""
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 1,4,16, got {text!r}") from None
+    if min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be at least 1, got {text!r}")
+    return counts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -398,18 +417,16 @@ def _copy_tokenizer(source: Path, target: Path) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import BenchOptions, format_report, run
 
-    def numbers(text: str) -> tuple[int, ...]:
-        return tuple(int(x) for x in text.split(","))
-
     options = BenchOptions(
         model=args.model, tokenizer=args.tokenizer, dtypes=tuple(args.dtypes.split(",")),
-        batches=numbers(args.batches), gguf_batches=numbers(args.gguf_batches),
+        batches=args.batches, gguf_batches=args.gguf_batches,
         prompt_len=args.prompt_len, new_tokens=args.new_tokens, llamacpp=args.llamacpp,
         quality=args.quality, pipeline=args.pipeline, threads=args.threads,
+        retry_seeds=args.retry_seeds,
     )  # fmt: skip
     if args.quick:
         options.dtypes, options.batches, options.gguf_batches = ("int8", "bfloat16"), (1, 16), (1,)
-        options.new_tokens = 128
+        options.new_tokens, options.retry_seeds = 128, min(options.retry_seeds, 8)
     report = run(options)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
