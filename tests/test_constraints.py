@@ -16,7 +16,7 @@ from tipo.protocol import Length, ModelRequest, Task, build_prompt
 from tipo.tags import Category, TagDatabase
 from tipo.tokenizer import TipoTokenizer
 
-SEEDS_PER_CASE = 42  # x 6 cases x 4 lengths = 1,008 requests
+SEEDS_PER_CASE = 42  # x 6 cases x 4 lengths = 1,008 requests per tag mode
 BANS = ["hat", "official*", ".*text", "blue", "*ing"]
 # (tags, nl, options, what the plan produces and must meet the length of)
 CASES = [
@@ -74,9 +74,10 @@ def _check_bans(result, user_tags):
     return [t for t in new if bans.matches(t)]
 
 
+@pytest.mark.parametrize("vocabulary", [True, False], ids=["known-tags", "free-tags"])
 @pytest.mark.parametrize("length", list(Length))
-def test_every_output_meets_its_length_and_bans_in_one_pass(tipo, length):
-    requests = _requests(length, ban=BANS)
+def test_every_output_meets_its_length_and_bans_in_one_pass(tipo, length, vocabulary):
+    requests = _requests(length, ban=BANS, vocabulary=vocabulary)
     results = tipo.run_many([r for _, r in requests])
     failures = []
     for (case, request), result in zip(requests, results, strict=True):

@@ -137,9 +137,20 @@ def tag_soft_rules(c: FieldConstraint, mask: Mask) -> None:
         mask.only(closing)
     elif c.tags_hurried():
         # Keep the budget for the minimum: one-token tags, each closed at once.
-        mask.only([c.table.comma_id] if open_tag else c.table.starts_with_space)
+        mask.only([c.table.comma_id] if open_tag else _one_token_starts(c))
     elif c.remaining <= 1 and end_ok:
         mask.only(_end_ids(c))
+
+
+def _one_token_starts(c: FieldConstraint) -> list[int]:
+    """Tokens that start a tag which can be closed right after them: any word-start token in
+    free mode; with a vocabulary, only its one-token tags (a word-start token that begins a
+    longer tag would leave the comma unreachable and overrun the budget)."""
+    trie = c.control.vocabulary
+    if trie is None:
+        return c.table.starts_with_space
+    bans = c.control.bans
+    return [token for token, tag in trie.one_token_tags().items() if not bans.matches(tag)]
 
 
 # --- caption fields -----------------------------------------------------------------------

@@ -18,6 +18,7 @@ class TagTrie:
     def __init__(self) -> None:
         self._children: list[dict[int, int]] = [{}]
         self._tag: list[str | None] = [None]  # the tag that ends at a node, if any
+        self._one_token_tags: dict[int, str] | None = None
 
     ROOT = 0
 
@@ -50,6 +51,16 @@ class TagTrie:
 
     def tag_at(self, node: int) -> str | None:
         return self._tag[node]
+
+    def one_token_tags(self) -> dict[int, str]:
+        """token -> tag for the tags written with a single token (the cheapest to write)."""
+        if self._one_token_tags is None:
+            self._one_token_tags = {
+                token: tag
+                for token, node in self._children[self.ROOT].items()
+                if (tag := self._tag[node]) is not None
+            }
+        return self._one_token_tags
 
     def __len__(self) -> int:
         """Number of tags."""
