@@ -236,7 +236,7 @@ def test_bench_runs_every_section_on_a_tiny_checkpoint(capsys, tiny_checkpoint):
     assert all(r["tokens_per_s"] > 0 and r["of_bound"] > 0 for r in report["speed"])
     modes = {(r["mode"], r["variants"]) for r in report["pipeline"]}
     assert ("reference retry loop", 1) in modes and ("one pass, controlled", 16) in modes
-    assert ("one pass, controlled, vocabulary", 16) in modes
+    assert ("one pass, controlled, free tags", 16) in modes
     controlled = [r for r in report["retries"] if r["mode"] == "one pass, controlled"]
     assert len(controlled) == 4 and all(r["met_targets"] == r["requests"] for r in controlled)
 

@@ -58,7 +58,7 @@ _SWITCH_DEFAULTS = {
     "shuffle": True,
     "gen_meta": False,
     "control": True,
-    "vocabulary": False,
+    "vocabulary": True,
 }
 
 
@@ -129,8 +129,9 @@ def _add_expand_options(parser: argparse.ArgumentParser) -> None:
     )
     request.add_argument(
         "--vocabulary",
-        action="store_true",
-        help="tag fields hold only known tags (bundled list + --tag-csv)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="tag fields hold only known tags, bundled list + --tag-csv (default: on)",
     )
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--temperature", type=float)

@@ -99,7 +99,7 @@ class TIPO:
         return [r if isinstance(r, TipoError) else r.result() for r in runs]
 
     def _context(self, requests: Sequence[ExpandRequest]) -> RunContext:
-        """Token table and vocabulary are built on first need and kept (~0.2 s and ~0.4 s)."""
+        """Token table and vocabulary are built on first need and kept (~0.1 s and ~0.2 s)."""
         controlled = self.backend.capabilities.constraints and any(r.control for r in requests)
         if controlled and self._token_table is None:
             self._token_table = TokenTable.build(self.tokenizer)
