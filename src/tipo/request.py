@@ -44,8 +44,8 @@ class ExpandRequest:
     """What to expand and how. ``tags`` and ``nl`` use SD-WebUI prompt syntax; ``template`` is a
     name, template text or file. ``control`` steers decoding (length targets met in one pass,
     bans that hold: see tipo.constraints) where the backend supports it; ``vocabulary`` (on by
-    default) also keeps tag fields to known tags. ``retries`` > 0 re-runs a step that came back short, feeding
-    its output back (the reference's behaviour, kept for comparison)."""
+    default) also keeps tag fields to known tags. ``retries`` > 0 re-runs a step that came back
+    short, feeding its output back (the reference's behaviour, kept for comparison)."""
 
     tags: str = ""
     nl: str = ""
