@@ -219,7 +219,7 @@ def quality_rows(o: BenchOptions, scratch: Path) -> list[dict[str, Any]]:
         files = {q: convert(trained, scratch / f"trained-{q}.gguf", q) for q in GGUF_QUANTS}
         for quant in GGUF_QUANTS[1:]:
             report = gguf_quality_report(files["F16"], files[quant], new_tokens=128)
-            rows.append({"engine": "llama.cpp", "dtype": quant, "reference": "F16", **report})
+            rows.append({**report, "engine": "llama.cpp", "dtype": quant, "reference": "F16"})
     return rows
 
 

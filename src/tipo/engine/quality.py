@@ -157,11 +157,16 @@ class TagLanguage:
 
 
 def make_trained_checkpoint(
-    directory: str | Path, *, steps: int = 300, seed: int = 0, config: EngineConfig | None = None,
+    directory: str | Path, *, steps: int = 1200, seed: int = 0, config: EngineConfig | None = None,
     batch: int = 32, length: int = 64,
 ) -> Path:  # fmt: skip
     """Train a small LLaMA on the synthetic tag language and save it as a Hugging Face folder
-    (config.json, model.safetensors, quality_prompts.json). Returns the folder."""
+    (config.json, model.safetensors, quality_prompts.json). Returns the folder.
+
+    1,200 steps take about 3 minutes on 2 cores and reach a loss of 0.44 (fp32 greedy top-1
+    probability 0.73). At 300 steps (loss 1.6, top-1 probability 0.49) the distributions were
+    so flat that near-ties decided the greedy agreement: fp16 matched fp32 on 89% of the greedy
+    tokens in one run (100% at 1,200 steps)."""
     config = config or TRAINED_CONFIG
     language = TagLanguage(seed)
     weights = _init_weights(config, seed)
