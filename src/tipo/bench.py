@@ -352,6 +352,22 @@ def _missed_targets(result: Any, length: Any) -> list[str]:
     return missed
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (VmHWM on Linux), in MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return float("nan")
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
 # --- the run ---------------------------------------------------------------------------------
 
 
@@ -509,4 +525,11 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-__all__ = ["BenchOptions", "format_report", "measure_bandwidth", "run", "run_isolated"]
+__all__ = [
+    "BenchOptions",
+    "format_report",
+    "measure_bandwidth",
+    "peak_rss_mb",
+    "run",
+    "run_isolated",
+]

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..bench import peak_rss_mb
 from ..checkpoints import Checkpoint
 from ..sampling import SamplingParams
 from .base import GenerationRequest
@@ -41,18 +42,6 @@ def _reset_peak_rss() -> None:
     the process's whole life."""
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-
-
-def _peak_rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def time_decode_gguf(
@@ -96,7 +85,7 @@ def time_decode_gguf(
         "ms_per_token": 1000 * decode / steps,
         "time_to_first_token_s": first,
         "end_to_end_tokens_per_s": batch * new_tokens / total,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "generated": [len(r.token_ids) for r in results],
     }
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from ..backends.base import GenerationRequest
+from ..bench import peak_rss_mb
 from ..sampling import SamplingParams
 from .config import EngineConfig
 from .engine import Engine
@@ -57,18 +57,6 @@ def write_random_checkpoint(
             tensors[name] = (torch.randn(shape, generator=generator) * std).to(dtype)
     write_safetensors(path / "model.safetensors", tensors)
     return path
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (VmHWM on Linux), in MiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
 def bench_requests(
