@@ -9,6 +9,18 @@ import pytest
 from checkpoints import make_tiny_checkpoint
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and lose a lot on a busy machine
+    (OpenMP workers wait for each other). Torch is imported only by the modules that use it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer, 64-wide LLaMA with the TIPO vocabulary and tokenizer files."""

@@ -26,14 +26,7 @@ GREEDY = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=64
 SAMPLED = SamplingParams(temperature=0.8, top_k=40, top_p=0.9, min_p=0.05, max_new_tokens=24)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and lose a lot on a busy machine
-    (OpenMP workers wait for each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def prompt(length: int, seed: int = 0) -> tuple[int, ...]:

@@ -32,14 +32,7 @@ from tipo.sampling import SamplingParams  # noqa: E402
 RELATIVE_TOLERANCE = {"bfloat16": 0.05, "float16": 0.01, "int8": 0.05, "int4": 0.25}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and lose a lot on a busy machine
-    (OpenMP workers wait for each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def weight(rows: int = 48, cols: int = 64, seed: int = 0):

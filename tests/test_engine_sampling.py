@@ -19,14 +19,7 @@ from tipo.sampling import SamplingParams  # noqa: E402
 VOCAB = 32013
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and lose a lot on a busy machine
-    (OpenMP workers wait for each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def transformers_warp(logits, p: SamplingParams):
