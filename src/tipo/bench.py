@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,6 @@ class BenchOptions:
     pipeline: bool = True
     threads: int | None = None
     retry_seeds: int = 32  # requests per length bucket and mode in retry_rows
-    report: dict[str, Any] = field(default_factory=dict)
 
 
 def run_isolated(module: str, function: str, threads: int | None, **kwargs: Any) -> dict:
@@ -160,9 +159,7 @@ def speed_rows(checkpoint: Path, o: BenchOptions, scratch: Path) -> list[dict[st
 def gguf_files(checkpoint: Path, o: BenchOptions, scratch: Path) -> dict[str, Path]:
     if not o.llamacpp:
         return {}
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
+    if not gguf_available():
         _log("llama-cpp-python is missing: no llama.cpp rows (install tipo-prompt[llamacpp])")
         return {}
     from .convert import convert
