@@ -23,8 +23,7 @@ Names are imported on first use, so ``import tipo.engine`` does not import torch
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_exports as _lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "EngineConfig": "config",
@@ -44,14 +43,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tipo.engine' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
