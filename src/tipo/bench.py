@@ -425,37 +425,26 @@ def format_report(report: dict[str, Any]) -> str:
         f"{m['threads']} threads; read bandwidth {report['bandwidth_gb_s']:.1f} GB/s",
         f"checkpoint: {report['checkpoint']} ({report['parameters'] / 1e6:.0f}M weights read "
         f"per step); prompt {report['prompt_len']} tokens, {report['new_tokens']} new, EOS off",
-        "",
-        "| engine | weights | batch | tokens/s | ms/token | TTFT s | load s | peak RSS MB "
-        "| × reference | of bandwidth bound |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    lines += [_speed_line(row) for row in report["speed"]]
-    if report.get("quality"):
-        lines += [
-            "",
-            "| engine | format | vs | max logit err | mean logit err | top-1 agreement "
-            "| greedy agreement |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        lines += [_quality_line(row) for row in report["quality"]]
-    if report.get("pipeline"):
-        lines += [
-            "",
-            "| request mode | variants | s | tokens | tokens/s | passes/request "
-            "| tokens/request | met length targets |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        lines += [_pipeline_line(row) for row in report["pipeline"]]
-    if report.get("retries"):
-        lines += [
-            "",
-            "format-aware noise model, same requests in both modes:",
-            "| length | mode | passes/request | new tokens/request | prompt tokens/request "
-            "| met length targets |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [_retry_line(row) for row in report["retries"]]
+    sections = [
+        ("speed", None, _speed_line,
+         ["engine", "weights", "batch", "tokens/s", "ms/token", "TTFT s", "load s",
+          "peak RSS MB", "× reference", "of bandwidth bound"]),
+        ("quality", None, _quality_line,
+         ["engine", "format", "vs", "max logit err", "mean logit err", "top-1 agreement",
+          "greedy agreement"]),
+        ("pipeline", None, _pipeline_line,
+         ["request mode", "variants", "s", "tokens", "tokens/s", "passes/request",
+          "tokens/request", "met length targets"]),
+        ("retries", "format-aware noise model, same requests in both modes:", _retry_line,
+         ["length", "mode", "passes/request", "new tokens/request", "prompt tokens/request",
+          "met length targets"]),
+    ]  # fmt: skip
+    for key, title, line, columns in sections:
+        if report.get(key):
+            lines += ["", *([title] if title else [])]
+            lines += [f"| {' | '.join(columns)} |", "|---" * len(columns) + "|"]
+            lines += [line(row) for row in report[key]]
     return "\n".join(lines)
 
 
