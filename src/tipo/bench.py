@@ -428,7 +428,7 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     sections = [
         ("speed", None, _speed_line,
-         ["engine", "weights", "batch", "tokens/s", "ms/token", "TTFT s", "load s",
+         ["engine", "weights", "batch", "tokens/s", "ms/step", "TTFT s", "load s",
           "peak RSS MB", "× reference", "of bandwidth bound"]),
         ("quality", None, _quality_line,
          ["engine", "format", "vs", "max logit err", "mean logit err", "top-1 agreement",
