@@ -43,6 +43,7 @@ _REQUEST_FLAGS = (
     "width",
     "height",
     "retries",
+    "operation",
     "temperature",
     "top_p",
     "top_k",
@@ -121,6 +122,11 @@ def _add_expand_options(parser: argparse.ArgumentParser) -> None:
         help="keep new tags in the model's order",
     )
     request.add_argument("--retries", type=int, help="re-run short steps (reference behaviour)")
+    request.add_argument(
+        "--operation",
+        help="run one step instead of the plan: a task (tag_to_long, short_to_tag, ...) or "
+        "'tag' (plain tag continuation)",
+    )
     request.add_argument(
         "--no-control",
         dest="control",

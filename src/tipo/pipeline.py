@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import load_backend
-from .backends.base import Backend
+from .backends.base import Backend, TokenCallback
 from .checkpoints import Checkpoint, resolve
 from .constraints import TagTrie, TokenTable, build_vocabulary
 from .errors import TipoError
@@ -68,25 +68,33 @@ class TIPO:
         ``nl_length``, ``template``, ``ban``, ``seed``, ``aspect``, ``temperature`` ...)."""
         return self.run(ExpandRequest.create(tags=tags, nl=nl, **options))
 
-    def run(self, request: ExpandRequest) -> ExpandResult:
-        result = self.run_many([request])[0]
+    def run(self, request: ExpandRequest, on_token: TokenCallback | None = None) -> ExpandResult:
+        result = self.run_many([request], on_token)[0]
         if isinstance(result, TipoError):
             raise result
         return result
 
-    def variants(self, request: ExpandRequest, count: int) -> list[ExpandResult]:
+    def variants(
+        self, request: ExpandRequest, count: int, on_token: TokenCallback | None = None
+    ) -> list[ExpandResult]:
         """``count`` variants of one request (seeds seed, seed+1, ...), decoded as one batch."""
         seed = request.seed if request.seed is not None else random_seed()
         batch = [request.with_seed((seed + i) % 2**63) for i in range(count)]
-        results = self.run_many(batch)
+        results = self.run_many(batch, on_token)
         for result in results:
             if isinstance(result, TipoError):
                 raise result
         return results  # type: ignore[return-value]
 
-    def run_many(self, requests: Sequence[ExpandRequest]) -> list[ExpandResult | TipoError]:
+    def run_many(
+        self, requests: Sequence[ExpandRequest], on_token: TokenCallback | None = None
+    ) -> list[ExpandResult | TipoError]:
         """Run requests together: each round, the next step of every unfinished request goes to
-        the backend as one batch. A request that fails gives its error in its place."""
+        the backend as one batch. A request that fails gives its error in its place.
+
+        ``on_token(index, token_id)`` is called as tokens are generated (``index`` is the
+        sequence's place in the round's batch), for progress; an exception it raises stops
+        the run (a host's interrupt button)."""
         context = self._context(requests)
         runs: list[RequestRun | TipoError] = []
         for request in requests:
@@ -94,7 +102,7 @@ class TIPO:
                 runs.append(RequestRun(request, context))
             except TipoError as error:
                 runs.append(error)
-        while self._round(runs):
+        while self._round(runs, on_token):
             pass
         return [r if isinstance(r, TipoError) else r.result() for r in runs]
 
@@ -115,7 +123,7 @@ class TIPO:
             self.backend.capabilities.rollback,
         )
 
-    def _round(self, runs: list[RequestRun | TipoError]) -> bool:
+    def _round(self, runs: list[RequestRun | TipoError], on_token: TokenCallback | None) -> bool:
         active, batch = [], []
         for index, run in enumerate(runs):
             if isinstance(run, TipoError) or run.done:
@@ -131,7 +139,7 @@ class TIPO:
         if not batch:
             return False
         try:
-            generations = self.backend.generate(batch)
+            generations = self.backend.generate(batch, on_token)
         except TipoError as error:
             for index in active:
                 runs[index] = error

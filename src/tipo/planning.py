@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .protocol import Length, Task
+from .protocol import Length, Task, task_fields
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,15 @@ def plan(has_tags: bool, has_nl: bool, options: PlanOptions) -> list[Step]:
     return steps
 
 
+def operation_steps(operation: Task | None, options: PlanOptions) -> list[Step]:
+    """One named operation instead of a plan (the reference's single-operation node): the
+    task (None: plain tag continuation) expands its own output field, at that field's length
+    target, with nothing before or after it."""
+    to_tags = task_fields(operation)[-1] == "tag"
+    length = options.tag_length if to_tags else options.nl_length
+    return [Step(operation, length, expand=True, gen_meta=options.gen_meta)]
+
+
 def _table(has_tags: bool, has_nl: bool, o: PlanOptions) -> tuple[list[Step], Step | None]:
     tag, nl = o.tag_length, o.nl_length
     if not has_tags and not has_nl:
@@ -89,4 +98,4 @@ def _table(has_tags: bool, has_nl: bool, o: PlanOptions) -> tuple[list[Step], St
     return [], Step(Task.SHORT_TO_TAG_TO_LONG, nl, False)
 
 
-__all__ = ["PlanOptions", "Step", "plan"]
+__all__ = ["PlanOptions", "Step", "operation_steps", "plan"]

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .syntax import BREAK, NaturalPrompt, PromptTag, UserPrompt, escape
+from .postprocess import dedupe
+from .syntax import (
+    BREAK,
+    NaturalPrompt,
+    PromptTag,
+    UserPrompt,
+    escape,
+    parse_nl_prompt,
+    parse_tag_prompt,
+)
 from .tags import TagDatabase, Tags
 from .templates import Template
 
@@ -40,6 +49,28 @@ class UserStyle:
         return found + list(self.nl.markers)
 
 
+@dataclass(frozen=True)
+class UserInput:
+    """The user's prompt, parsed: clean tags by category (de-duplicated, in the user's order),
+    the clean sentence, and how both were written."""
+
+    tags: Tags
+    nl: str
+    style: UserStyle
+
+    @classmethod
+    def parse(cls, tags: str, nl: str, db: TagDatabase) -> UserInput:
+        user, sentence = parse_tag_prompt(tags), parse_nl_prompt(nl)
+        classified = db.classify(user.clean_tags)
+        for category, values in classified.items():
+            classified[category] = dedupe(values)
+        return cls(classified, sentence.text, UserStyle.of(user, sentence, db))
+
+    def render(self, template: Template) -> str:
+        """The user's own prompt laid out by ``template``, with nothing generated."""
+        return render_prompt(template, self.tags, self.nl, "", self.style)
+
+
 def render_prompt(
     template: Template, tags: Tags, extended: str, generated: str, style: UserStyle
 ) -> str:
@@ -56,4 +87,4 @@ def render_prompt(
     return f"{prompt}\n{' '.join(missing)}".strip() if missing else prompt
 
 
-__all__ = ["UserStyle", "render_prompt"]
+__all__ = ["UserInput", "UserStyle", "render_prompt"]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .errors import InvalidRequestError
-from .protocol import Length
+from .protocol import Length, Task
 from .sampling import SamplingParams
 from .templates import DEFAULT_TEMPLATE
 
@@ -63,6 +63,7 @@ class ExpandRequest:
     retries: int = 0
     control: bool = True
     vocabulary: bool = True  # costs ~0.05 ms per token and sequence: on (see tipo bench)
+    operation: str | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
     def __post_init__(self) -> None:
@@ -79,6 +80,9 @@ class ExpandRequest:
             raise InvalidRequestError(f"seed must be in 0..2**63-1, got {self.seed}")
         if not 0 <= self.retries <= 20:
             raise InvalidRequestError(f"retries must be in 0..20, got {self.retries}")
+        if self.operation is not None:
+            task = Task.parse(self.operation)
+            object.__setattr__(self, "operation", task.value if task else "tag")
 
     @classmethod
     def create(cls, **options: Any) -> ExpandRequest:

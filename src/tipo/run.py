@@ -15,14 +15,20 @@ from .backends.base import Generation, GenerationRequest
 from .bans import BanList
 from .constraints import DecodeControl, FieldConstraint, StepFields, TagTrie, TokenTable
 from .errors import InvalidRequestError
-from .planning import PlanOptions, Step, plan
-from .postprocess import Draft, PostOptions, dedupe, merge_step, split_sentences
-from .protocol import ModelRequest, build_prompt, format_aspect_ratio, normalize_meta, parse_output
-from .render import UserStyle, render_prompt
+from .planning import PlanOptions, Step, operation_steps, plan
+from .postprocess import Draft, PostOptions, merge_step, split_sentences
+from .protocol import (
+    ModelRequest,
+    Task,
+    build_prompt,
+    format_aspect_ratio,
+    normalize_meta,
+    parse_output,
+)
+from .render import UserInput, render_prompt
 from .request import ExpandRequest
 from .result import ExpandResult, StepRecord
 from .sampling import derive_seed, random_seed
-from .syntax import parse_nl_prompt, parse_tag_prompt
 from .tags import TagDatabase
 from .templates import get_template
 from .tokenizer import TipoTokenizer
@@ -63,15 +69,15 @@ class RequestRun:
         self.context_length = context.context_length
         db = self.db = context.db
         self.template = get_template(request.template)
-        user, nl = parse_tag_prompt(request.tags), parse_nl_prompt(request.nl)
-        self.style = UserStyle.of(user, nl, db)
-        tags = db.classify(user.clean_tags)
-        for category, values in tags.items():
-            tags[category] = dedupe(values)
-        self.steps = plan(
-            bool(tags.special or tags.general), bool(nl.text), self._plan_options(nl.text)
-        )
-        self.draft = Draft(tags=tags, nl=nl.text, extended=nl.text)
+        user = UserInput.parse(request.tags, request.nl, db)
+        self.style = user.style
+        tags = user.tags.copy()
+        options = self._plan_options(user.nl)
+        if request.operation is not None:
+            self.steps = operation_steps(Task.parse(request.operation), options)
+        else:
+            self.steps = plan(bool(tags.special or tags.general), bool(user.nl), options)
+        self.draft = Draft(tags=tags, nl=user.nl, extended=user.nl)
         bans = BanList.parse(request.ban)
         self.post = PostOptions(request.tag_length, request.nl_length, bans, request.shuffle)
         vocabulary = context.vocabulary if request.vocabulary else None
