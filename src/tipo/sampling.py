@@ -58,4 +58,4 @@ def derive_seed(seed: int, *path: object) -> int:
     return random.Random(key).getrandbits(63)
 
 
-__all__ = ["SamplingParams", "derive_seed", "random_seed"]
+__all__ = ["SEED_LIMIT", "SamplingParams", "derive_seed", "random_seed"]

@@ -189,6 +189,11 @@ TEMPLATES["Both + generated NL"] = TEMPLATES["tags-nl-generated"]
 DEFAULT_TEMPLATE = "tags-nl"
 
 
+def has_slots(text: str) -> bool:
+    """Does ``text`` contain a template slot such as ``<|general|>``?"""
+    return bool(_SLOT.search(text))
+
+
 def get_template(spec: str | Template | None = None) -> Template:
     """A template by name, literal text (contains a slot), or path of a text file."""
     if isinstance(spec, Template):
@@ -197,7 +202,7 @@ def get_template(spec: str | Template | None = None) -> Template:
         return TEMPLATES[DEFAULT_TEMPLATE]
     if spec in TEMPLATES:
         return TEMPLATES[spec]
-    if _SLOT.search(spec):
+    if has_slots(spec):
         return Template("custom", spec)
     path = Path(spec).expanduser()
     if len(spec) < 4096 and path.is_file():
@@ -209,4 +214,4 @@ def get_template(spec: str | Template | None = None) -> Template:
     )
 
 
-__all__ = ["DEFAULT_TEMPLATE", "SLOTS", "TEMPLATES", "Template", "get_template"]
+__all__ = ["DEFAULT_TEMPLATE", "SLOTS", "TEMPLATES", "Template", "get_template", "has_slots"]
