@@ -226,12 +226,16 @@ def test_a_gguf_file_resolves_with_the_tokenizer_beside_it(folder: Path) -> None
     assert checkpoint.tokenizer_dir == folder
 
 
-def test_a_gguf_file_without_tokenizer_is_a_clear_error(folder: Path, tmp_path: Path) -> None:
+def test_a_gguf_file_without_tokenizer_resolves_to_the_rebuilt_one(
+    folder: Path, tmp_path: Path
+) -> None:
+    """No tokenizer.model beside it: load_tokenizer rebuilds it from the file's vocabulary
+    (tests/test_gguf_engine.py checks the ids and the refusal of a foreign vocabulary)."""
     lonely = tmp_path / "model.gguf"
     shutil.copyfile(folder / "model-F16.gguf", lonely)
-    with pytest.raises(CheckpointError, match="no tokenizer for") as error:
-        resolve(lonely)
-    assert "tokenizer.model" in (error.value.hint or "")
+    checkpoint = resolve(lonely)
+    assert checkpoint.tokenizer_dir is None
+    assert checkpoint.load_tokenizer().encode("1girl") == [1, 29871, 29896, 29887, 5168]
 
 
 def _fake_hub_cache(

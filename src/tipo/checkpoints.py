@@ -4,10 +4,15 @@ Hub ids are resolved from the local Hugging Face cache first, so a model downloa
 offline; otherwise it is downloaded (with huggingface_hub's progress bar on stderr). A model that
 is neither here nor downloadable is a ModelNotFoundError whose hint says how to get it.
 
-GGUF files carry llama.cpp's copy of the vocabulary, not the training-time tokenizer we encode
-with (protocol doc §3), so a GGUF checkpoint also needs a folder with ``tokenizer.model``: the
-GGUF's own folder, or the cached Hub snapshot of the model the file belongs to. A Hub GGUF is
-named ``repo:file.gguf`` (``KBlueLeaf/TIPO-200M-ft:TIPO-200M-ft-F16.gguf``).
+A GGUF file runs on llama.cpp when llama-cpp-python is installed, else on our torch engine
+(backends/__init__.py). Either way we encode prompts with the training-time tokenizer
+(protocol doc §3), never with llama.cpp's reading of the GGUF vocabulary. Its
+``tokenizer.model`` is looked for in the GGUF's own folder, then in the cached Hub snapshot of
+the model a released file name belongs to; a bare TIPO GGUF without either (as users of the
+reference extension have) gets the tokenizer rebuilt from the file's own vocabulary
+(gguf_tokenizer.py), which gives the same ids. ``Checkpoint.load_tokenizer`` is the one place
+that decides. A Hub GGUF is named ``repo:file.gguf``
+(``KBlueLeaf/TIPO-200M-ft:TIPO-200M-ft-F16.gguf``).
 """
 
 from __future__ import annotations
@@ -16,9 +21,12 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import CheckpointError, MissingDependencyError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    from .tokenizer import TipoTokenizer
 
 DEFAULT_MODEL = "KBlueLeaf/TIPO-200M-ft"
 HUB_FILES = [
@@ -84,17 +92,33 @@ _HUB_GGUF = re.compile(r"^(?P<model>[^:]+):(?P<file>[\w.-]+\.gguf)$")
 @dataclass(frozen=True)
 class Checkpoint:
     """A resolved checkpoint. ``path`` is a folder for ``hf`` and a file for ``gguf``;
-    ``tokenizer_dir`` holds tokenizer.model (beside a GGUF when it came from the Hub)."""
+    ``tokenizer_dir`` holds tokenizer.model (the folder itself for ``hf``; for ``gguf`` the
+    file's folder or a Hub snapshot, or None: then the tokenizer is rebuilt from the file)."""
 
     path: Path
     format: Literal["hf", "gguf"]
     source: str
-    tokenizer_dir: Path
+    tokenizer_dir: Path | None
     config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.source
+
+    def load_tokenizer(self) -> TipoTokenizer:
+        """The training-time tokenizer: from ``tokenizer_dir``, or, for a GGUF file without
+        one, rebuilt from the file's vocabulary (only a TIPO vocabulary is accepted)."""
+        from .tokenizer import TipoTokenizer
+
+        if self.tokenizer_dir is not None:
+            return TipoTokenizer.from_dir(self.tokenizer_dir)
+        if self.format == "gguf":
+            from .gguf_tokenizer import tokenizer_from_gguf
+
+            return tokenizer_from_gguf(self.path)
+        raise CheckpointError(
+            f"{self.source} has no tokenizer", hint="pass the folder that holds tokenizer.model"
+        )
 
 
 def known_model(spec: str) -> KnownModel | None:
@@ -171,31 +195,25 @@ def _gguf_names_hint(model: KnownModel | None) -> str:
     return "check the file name on the model page"
 
 
-def gguf_tokenizer_dir(gguf_file: Path) -> Path:
+def gguf_tokenizer_dir(gguf_file: Path) -> Path | None:
     """The folder whose ``tokenizer.model`` encodes for ``gguf_file``: the file's own folder,
     else, for a released TIPO GGUF file name, the cached snapshot of its Hub repo (never a
-    download: the user named a local file)."""
+    download: the user named a local file); None if neither has one (the tokenizer is then
+    rebuilt from the file: ``Checkpoint.load_tokenizer``)."""
     if (gguf_file.parent / "tokenizer.model").is_file():
         return gguf_file.parent
     owner = next((m for m in KNOWN_MODELS if gguf_file.name in m.gguf), None)
-    if owner is not None:
-        try:
-            return hub_snapshot(
-                owner.repo_id,
-                offline=True,
-                allow_patterns=TOKENIZER_FILES,
-                required=["tokenizer.model"],
-            )
-        except ModelNotFoundError:
-            pass  # fall through to the error that says how to fix it locally
-    raise CheckpointError(
-        f"no tokenizer for {gguf_file}: there is no tokenizer.model beside it",
-        hint=(
-            "copy tokenizer.model, tokenizer_config.json, special_tokens_map.json and "
-            "added_tokens.json from the model's Hugging Face folder next to the .gguf file "
-            "(we encode prompts with the training-time tokenizer, not the GGUF's vocabulary)"
-        ),
-    )
+    if owner is None:
+        return None
+    try:
+        return hub_snapshot(
+            owner.repo_id,
+            offline=True,
+            allow_patterns=TOKENIZER_FILES,
+            required=["tokenizer.model"],
+        )
+    except (ModelNotFoundError, MissingDependencyError):  # not cached, or no huggingface_hub
+        return None
 
 
 def hub_snapshot(

@@ -404,7 +404,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     written = convert(
         checkpoint.path, args.output, args.quant, progress=lambda m: print(m, file=sys.stderr)
     )
-    _copy_tokenizer(checkpoint.tokenizer_dir, written.parent)
+    _copy_tokenizer(checkpoint.path, written.parent)
     print(written)
     return 0
 

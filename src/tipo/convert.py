@@ -9,7 +9,8 @@ SentencePiece tokenizer, so llama.cpp loads our files exactly like the released
 
 * tensor names ``token_embd``, ``blk.N.attn_q`` ... ``output`` (``_HF_TO_GGUF``);
 * the rows of ``q_proj``/``k_proj`` are permuted: Hugging Face rotates the two *halves* of each
-  head (``rotate_half``), llama.cpp's LLaMA graph rotates interleaved *pairs*;
+  head (``rotate_half``), llama.cpp's LLaMA graph rotates interleaved *pairs*
+  (``unpermute_rotary`` undoes it when our engine reads a GGUF: engine/gguf_weights.py);
 * 1-D tensors (the RMSNorm gains) stay F32, matrices are F16 (or quantised from an F32 file by
   llama.cpp itself: ``llama_model_quantize``);
 * the vocabulary is the SentencePiece pieces with their scores and types plus the added tokens
@@ -175,6 +176,14 @@ def permute_rotary(weight: Any, n_heads: int) -> Any:
     ``(i, i + head_dim/2)`` become neighbours ``(2i, 2i + 1)``."""
     rows = weight.shape[0]
     split = weight.reshape(n_heads, 2, rows // n_heads // 2, *weight.shape[1:])
+    return split.swapaxes(1, 2).reshape(weight.shape)
+
+
+def unpermute_rotary(weight: Any, n_heads: int) -> Any:
+    """The inverse of ``permute_rotary``: llama.cpp's interleaved-pairs rows back to Hugging
+    Face's rotate-half layout (rows ``(2i, 2i + 1)`` of each head go to ``(i, i + head_dim/2)``)."""
+    rows = weight.shape[0]
+    split = weight.reshape(n_heads, rows // n_heads // 2, 2, *weight.shape[1:])
     return split.swapaxes(1, 2).reshape(weight.shape)
 
 
@@ -546,4 +555,5 @@ __all__ = [
     "permute_rotary",
     "read_vocab",
     "tensor_types",
+    "unpermute_rotary",
 ]

@@ -56,7 +56,7 @@ class TIPO:
         """Load a checkpoint: a Hub id (default ``KBlueLeaf/TIPO-200M-ft``, cached after the
         first download), a local Hugging Face folder, or a ``.gguf`` file."""
         checkpoint = model if isinstance(model, Checkpoint) else resolve(model, offline=offline)
-        tokenizer = TipoTokenizer.from_dir(checkpoint.tokenizer_dir)
+        tokenizer = checkpoint.load_tokenizer()
         engine = load_backend(backend, checkpoint, device=device, dtype=dtype, **backend_options)
         db = TagDatabase.bundled()
         if tag_csv is not None:

@@ -165,7 +165,13 @@ class TipoTokenizer:
         if not directory.is_dir():
             raise ModelNotFoundError(f"no checkpoint folder at {directory}")
         proto = _read_model(directory / "tokenizer.model")
-        settings = read_settings(directory)
+        return cls.from_model_proto(proto, read_settings(directory))
+
+    @classmethod
+    def from_model_proto(cls, proto: bytes, settings: TokenizerSettings) -> TipoTokenizer:
+        """From a serialized SentencePiece ``ModelProto`` (the bytes of a tokenizer.model) and
+        the settings of the files beside it (:func:`read_settings`, :func:`settings_from_config`),
+        exactly as :meth:`from_dir` loads a folder."""
         processor = _load_processor(proto, settings.legacy or settings.keep_dummy_prefix)
         settings = _resolve_specials(settings, processor)
         if max(settings.added_tokens, default=-1) < processor.get_piece_size():
@@ -566,18 +572,29 @@ def read_settings(directory: Path) -> TokenizerSettings:
     config_file = directory / "tokenizer_config.json"
     # No config at all: TIPO's training settings (transformers would fall back to legacy=True).
     config = _read_json(config_file) if config_file.is_file() else dict(TIPO_TRAINING_CONFIG)
+    return settings_from_config(config, directory)
+
+
+def settings_from_config(
+    config: Mapping[str, Any], directory: Path | None = None
+) -> TokenizerSettings:
+    """Tokenizer settings from the contents of a ``tokenizer_config.json``. Without an
+    ``added_tokens_decoder`` in it, the other files of ``directory`` list the added tokens
+    (:func:`read_settings`); with one, ``directory`` is not needed."""
     try:
-        return _settings_from_config(directory, config)
+        return _settings_from_config(directory, dict(config))
     except (AttributeError, KeyError, TypeError, ValueError) as error:
         raise CheckpointError(
-            f"cannot understand the tokenizer files in {directory}: {error!r}",
+            f"cannot understand the tokenizer files in {directory or 'the checkpoint'}: {error!r}",
             hint="re-download tokenizer_config.json and the other tokenizer files",
         ) from error
 
 
-def _settings_from_config(directory: Path, config: dict[str, Any]) -> TokenizerSettings:
+def _settings_from_config(directory: Path | None, config: dict[str, Any]) -> TokenizerSettings:
     if "added_tokens_decoder" in config:
         added = {int(i): _token(spec) for i, spec in config["added_tokens_decoder"].items()}
+    elif directory is None:
+        raise ValueError("the tokenizer config has no added_tokens_decoder")
     else:
         config = _merge_special_map(config, _read_json(directory / "special_tokens_map.json"))
         added = _legacy_added_tokens(directory, config)
@@ -683,4 +700,5 @@ __all__ = [
     "TipoTokenizer",
     "TokenizerSettings",
     "read_settings",
+    "settings_from_config",
 ]

@@ -109,9 +109,7 @@ def load(
 ) -> ScriptedBackend:
     """The fake backend for a checkpoint folder: only its tokenizer and context are used."""
     context = int(checkpoint.config.get("max_position_embeddings", 2048))
-    return ScriptedBackend(
-        TipoTokenizer.from_dir(checkpoint.tokenizer_dir), context_length=context, **options
-    )
+    return ScriptedBackend(checkpoint.load_tokenizer(), context_length=context, **options)
 
 
 __all__ = ["TOY_TAGS", "ScriptedBackend", "toy_script"]

@@ -26,7 +26,7 @@ _FIRST_ID, _LAST_ID = 3, 32000  # ordinary SentencePiece pieces: no control or T
 def _open(path: str | os.PathLike[str], **options: Any) -> LlamaCppBackend:
     """A backend for a bare GGUF path (no tokenizer needed: we feed ids)."""
     file = Path(path)
-    return load(Checkpoint(file, "gguf", str(file), file.parent), **options)
+    return load(Checkpoint(file, "gguf", str(file), None), **options)
 
 
 def random_prompts(count: int, length: int, seed: int) -> list[tuple[int, ...]]:

@@ -1,10 +1,16 @@
-"""Our own PyTorch LLaMA engine (``tipo.engine``): the default backend for Hugging Face folders.
+"""Our own PyTorch LLaMA engine (``tipo.engine``): the default backend for Hugging Face folders,
+and for GGUF files when llama-cpp-python is not installed.
 
-Needs only torch (plus safetensors-format files, read without the safetensors package):
-nothing a Stable Diffusion environment lacks, no compiler. Options: ``dtype`` is the weight
-format ("float32", "bfloat16", "float16", "int8", "int4"; default: the engine's CPU default),
-``max_batch`` the most sequences decoded together, ``threads`` torch's CPU thread count,
-``int8_copy`` (default True) whether int4 models also keep int8 weights for large batches.
+Needs only torch (safetensors files are read without the safetensors package) and, for GGUF
+files, the pure-Python ``gguf`` package: nothing a Stable Diffusion environment lacks, no
+compiler. A GGUF file's tensors are dequantised (F32, F16, BF16, Q8_0, and the K-quants and
+others ``gguf`` handles) and stored in the weight format asked for, like a Hugging Face
+folder's (engine/gguf_weights.py).
+
+Options: ``dtype`` is the weight format ("float32", "bfloat16", "float16", "int8", "int4";
+default: the engine's CPU default, also for GGUF files), ``max_batch`` the most sequences
+decoded together, ``threads`` torch's CPU thread count, ``int8_copy`` (default True) whether
+int4 models also keep int8 weights for large batches.
 """
 
 from __future__ import annotations
@@ -49,11 +55,6 @@ def load(
         raise MissingDependencyError.for_extra("torch", "engine", "The torch backend") from None
     from ..engine.engine import Engine
 
-    if checkpoint.format != "hf":
-        raise BackendError(
-            "the torch backend loads Hugging Face folders, not GGUF files",
-            hint="use --backend llamacpp for .gguf files, or pass the model's folder",
-        )
     unknown = set(options) - {"max_batch", "threads", "int8_copy"}
     if unknown:
         raise BackendError(

@@ -1,9 +1,11 @@
-"""Our own PyTorch LLaMA inference engine (the ``torch`` backend, the default for HF folders).
+"""Our own PyTorch LLaMA inference engine (the ``torch`` backend: the default for HF folders,
+and for GGUF files when llama-cpp-python is not installed).
 
-Reading order: config.py (architecture) -> weights.py (checkpoint -> model) -> quant.py (weight
-formats and their kernels) -> model.py (the decoder) -> kv_cache.py (rows + prefix cache) ->
-sampler.py (transformers' sampling semantics on tensors) -> scheduler.py (continuous batching)
--> engine.py (``Engine.generate``) -> benchmark.py / quality.py (``tipo bench``).
+Reading order: config.py (architecture) -> weights.py (checkpoint -> model; a Hugging Face
+folder) -> gguf_weights.py (a GGUF file: the same builder, fed dequantised tensors) -> quant.py
+(weight formats and their kernels) -> model.py (the decoder) -> kv_cache.py (rows + prefix
+cache) -> sampler.py (transformers' sampling semantics on tensors) -> scheduler.py (continuous
+batching) -> engine.py (``Engine.generate``) -> benchmark.py / quality.py (``tipo bench``).
 
 Weight formats (``dtype``): float32, bfloat16, float16, int8 (default on CPU), int4. See
 quant.py for the kernels; ``quality_report(checkpoint, dtype)`` measures what each costs.

@@ -1,13 +1,15 @@
 """The model's architecture as a small validated dataclass (pure: no torch).
 
-A checkpoint folder describes itself: ``EngineConfig.from_hf_config(config_json)`` reads the
-architecture from ``config.json``; nothing is ever inferred from file names. The named presets
+A checkpoint describes itself: ``EngineConfig.from_hf_config(config_json)`` reads the
+architecture from a folder's ``config.json``, ``EngineConfig.from_gguf_metadata(metadata)`` from
+a GGUF file's ``llama.*`` metadata; nothing is ever inferred from file names. The named presets
 are the released TIPO v1 architectures (protocol doc §2), used to build random checkpoints for
 benchmarks and as documentation of what "TIPO-200M" means.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -109,6 +111,19 @@ class EngineConfig:
                 hint="the file may be incomplete: download the checkpoint again",
             ) from None
 
+    @classmethod
+    def from_gguf_metadata(cls, metadata: Mapping[str, Any], *, tied: bool) -> EngineConfig:
+        """Read a GGUF file's metadata (``gguf_file.GGUFFile.metadata``); ``tied``: the file
+        has no ``output.weight``, so the output head is ``token_embd`` (as llama.cpp does)."""
+        _check_gguf_architecture(metadata)
+        try:
+            return cls(**_gguf_fields(metadata, tied))
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(
+                f"the GGUF metadata lacks or mistypes a LLaMA field: {error!r}",
+                hint="the file is incomplete or not a LLaMA model: download or convert it again",
+            ) from None
+
     def to_hf_config(self) -> dict[str, Any]:
         """The fields of a Hugging Face config.json that describe this architecture."""
         return {
@@ -159,6 +174,65 @@ def _hf_fields(config: dict[str, Any]) -> dict[str, Any]:
         "mlp_bias": bool(config.get("mlp_bias", False)),
         "bos_token_id": _single_id(config.get("bos_token_id", 1)),
         "eos_token_id": _single_id(config.get("eos_token_id", 2)),
+    }
+
+
+def _check_gguf_architecture(metadata: Mapping[str, Any]) -> None:
+    """Refuse what the plain LLaMA graph would compute differently: other architectures,
+    mixture-of-experts files, scaled or partial RoPE."""
+    arch = metadata.get("general.architecture")
+    if arch != "llama":
+        raise CheckpointError(
+            f"the GGUF file holds a {arch!r} model; this engine runs TIPO v1 LLaMA models",
+            hint="TIPO v2 (mixture-of-experts) files are not supported; use a TIPO v1 file "
+            "(tipo models lists them)",
+        )
+    experts = metadata.get("llama.expert_count") or 0
+    if not isinstance(experts, int) or experts > 0:
+        raise CheckpointError(
+            f"the GGUF file is a mixture-of-experts model ({experts} experts); this engine runs "
+            "TIPO v1 LLaMA models",
+            hint="TIPO v2 (mixture-of-experts) files are not supported; use a TIPO v1 file",
+        )
+    scaling = metadata.get("llama.rope.scaling.type", "none")
+    if scaling != "none":
+        raise CheckpointError(
+            f"the GGUF file asks for RoPE scaling {scaling!r}, which the torch engine does not "
+            "implement (TIPO checkpoints use plain RoPE)",
+            hint="run this file with --backend llamacpp",
+        )
+
+
+def _gguf_fields(metadata: Mapping[str, Any], tied: bool) -> dict[str, Any]:
+    def llama(key: str, default: Any = None) -> Any:
+        value = metadata.get(f"llama.{key}", default)
+        if value is None:
+            raise KeyError(f"llama.{key}")
+        if isinstance(value, list):  # per-layer values (other architectures)
+            raise TypeError(f"llama.{key} is a list")
+        return value
+
+    hidden, heads = int(llama("embedding_length")), int(llama("attention.head_count"))
+    head_dim = int(llama("attention.key_length", hidden // heads if heads else 0))
+    if int(llama("attention.value_length", head_dim)) != head_dim:
+        raise ValueError("llama.attention.value_length differs from key_length")
+    if int(llama("rope.dimension_count", head_dim)) != head_dim:
+        raise ValueError("llama.rope.dimension_count differs from the head size (partial RoPE)")
+    vocab = metadata.get("llama.vocab_size") or len(metadata["tokenizer.ggml.tokens"])
+    return {
+        "vocab_size": int(vocab),
+        "hidden_size": hidden,
+        "num_layers": int(llama("block_count")),
+        "num_heads": heads,
+        "num_kv_heads": int(llama("attention.head_count_kv", heads)),
+        "intermediate_size": int(llama("feed_forward_length")),
+        "max_position_embeddings": int(llama("context_length", 2048)),
+        "rms_norm_eps": float(llama("attention.layer_norm_rms_epsilon")),
+        "rope_theta": float(llama("rope.freq_base", 10000.0)),
+        "head_dim": head_dim,
+        "tie_word_embeddings": tied,
+        "bos_token_id": int(metadata.get("tokenizer.ggml.bos_token_id", 1)),
+        "eos_token_id": int(metadata.get("tokenizer.ggml.eos_token_id", 2)),
     }
 
 

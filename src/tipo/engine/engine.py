@@ -38,7 +38,7 @@ class Engine:
     @classmethod
     def load(
         cls,
-        folder: str | Path,
+        path: str | Path,
         *,
         dtype: str | None = None,
         device: str = "cpu",
@@ -46,13 +46,14 @@ class Engine:
         threads: int | None = None,
         int8_copy: bool = True,
     ) -> Engine:
-        """Load a Hugging Face LLaMA folder; ``dtype`` is a weight format (WEIGHT_FORMATS).
-        ``int8_copy=False`` keeps int4 models purely 4-bit (see quant.Int4Linear)."""
+        """Load a Hugging Face LLaMA folder or a GGUF file; ``dtype`` is a weight format
+        (WEIGHT_FORMATS), the same for both. ``int8_copy=False`` keeps int4 models purely 4-bit
+        (see quant.Int4Linear)."""
         if threads:
             torch.set_num_threads(threads)
         fmt = dtype or default_format(device)
         start = time.perf_counter()
-        model = load_model(folder, fmt, device, int8_copy=int8_copy)
+        model = load_model(path, fmt, device, int8_copy=int8_copy)
         engine = cls(model, max_batch=max_batch, fmt=fmt)
         engine.load_seconds = time.perf_counter() - start
         return engine

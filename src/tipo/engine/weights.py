@@ -1,4 +1,5 @@
-"""Load a Hugging Face LLaMA folder (config.json + safetensors, single or sharded) into our model.
+"""Load a checkpoint into our model: a Hugging Face LLaMA folder (config.json + safetensors, single
+or sharded) read here, or a GGUF file read by gguf_weights.py; one ``_Builder`` for both.
 
 Memory: tensors are read one at a time straight from the file into their final buffer
 (``readinto``, no mmap, so the page cache never counts towards our RSS), converted or quantised,
@@ -14,7 +15,7 @@ import struct
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -147,6 +148,17 @@ class TensorReader:
             raise CheckpointError(f"{entry.file} ended early", hint=_REDOWNLOAD)
 
 
+class WeightReader(Protocol):
+    """What ``_Builder`` reads from: TensorReader (safetensors) or gguf_weights.GGUFTensorReader.
+    Names and layout are Hugging Face's whatever the file format."""
+
+    def read(self, names: list[str]) -> Tensor: ...
+
+    def __enter__(self) -> WeightReader: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
 def expected_shapes(config: EngineConfig) -> dict[str, tuple[int, ...]]:
     """Hugging Face tensor names and shapes for this architecture."""
     c, f, q, kv = config.hidden_size, config.intermediate_size, config.q_size, config.kv_size
@@ -175,7 +187,7 @@ class _Builder:
     """Turns checkpoint tensors into model parts on ``device`` in weight format ``fmt``."""
 
     def __init__(
-        self, reader: TensorReader, config: EngineConfig, fmt: str, device: str, int8_copy: bool
+        self, reader: WeightReader, config: EngineConfig, fmt: str, device: str, int8_copy: bool
     ) -> None:
         self.reader, self.config, self.fmt, self.int8_copy = reader, config, fmt, int8_copy
         self.device = torch.device(device)
@@ -236,22 +248,34 @@ class _Builder:
 
 
 def load_model(
-    folder: str | Path, fmt: str = "bfloat16", device: str = "cpu", *, int8_copy: bool = True
+    path: str | Path, fmt: str = "bfloat16", device: str = "cpu", *, int8_copy: bool = True
 ) -> Transformer:
-    """Read ``folder`` (config.json + safetensors) into a Transformer in weight format ``fmt``
-    (``int8_copy``: see quant.Int4Linear)."""
+    """Read a checkpoint into a Transformer in weight format ``fmt`` (``int8_copy``: see
+    quant.Int4Linear): a Hugging Face folder (config.json + safetensors), or a GGUF file (a
+    file path; see gguf_weights.py)."""
     if fmt not in WEIGHT_FORMATS:
         raise BackendError(
             f"unknown dtype {fmt!r} for the torch engine",
             hint=f"use one of: {', '.join(WEIGHT_FORMATS)}",
         )
-    folder = Path(folder)
+    path = Path(path)
+    config, reader = _open_gguf(path) if path.is_file() else _open_folder(path)
+    with reader, torch.inference_mode(False), torch.no_grad():
+        return _Builder(reader, config, fmt, device, int8_copy).model().eval()
+
+
+def _open_folder(folder: Path) -> tuple[EngineConfig, WeightReader]:
     config = EngineConfig.from_hf_config(read_config(folder))
-    with TensorReader(folder) as reader:
-        optional = {"lm_head.weight"} if config.tie_word_embeddings else set()
-        reader.check(expected_shapes(config), optional)
-        with torch.inference_mode(False), torch.no_grad():
-            return _Builder(reader, config, fmt, device, int8_copy).model().eval()
+    reader = TensorReader(folder)
+    optional = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    reader.check(expected_shapes(config), optional)
+    return config, reader
+
+
+def _open_gguf(path: Path) -> tuple[EngineConfig, WeightReader]:
+    from .gguf_weights import open_gguf_model
+
+    return open_gguf_model(path)
 
 
 def write_safetensors(path: str | Path, tensors: dict[str, Tensor]) -> None:
@@ -277,6 +301,7 @@ def write_safetensors(path: str | Path, tensors: dict[str, Tensor]) -> None:
 __all__ = [
     "TensorEntry",
     "TensorReader",
+    "WeightReader",
     "expected_shapes",
     "load_model",
     "read_header",
