@@ -1,0 +1,3 @@
+"""The device the WebUI runs its models on (``devices.device``)."""
+
+device = "cpu"
