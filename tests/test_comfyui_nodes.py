@@ -4,6 +4,8 @@ ComfyUI; tests/test_hosts_models.py covers where models are found."""
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -166,3 +168,51 @@ def test_unload_node_frees_the_model(nodes):
     assert len(runtime.cache) == 1
     assert nodes["TIPOUnloadModel"]().execute(text="a prompt") == ("a prompt",)
     assert len(runtime.cache) == 0
+
+
+class Interrupted(Exception):
+    """Stands for comfy.model_management.InterruptProcessingException."""
+
+
+@pytest.fixture
+def comfy_hooks(monkeypatch):
+    """ComfyUI's progress bar and interrupt flag, as comfy.utils and comfy.model_management
+    give them to nodes (the real modules need a ComfyUI: tests/test_comfyui_e2e.py)."""
+    state = {"updates": 0, "interrupt_after": None}
+
+    class ProgressBar:
+        def __init__(self, total):
+            self.total = total
+
+        def update(self, value):
+            state["updates"] += value
+
+        def update_absolute(self, value):
+            state["finished"] = value == self.total
+
+    def throw_exception_if_processing_interrupted():
+        if state["interrupt_after"] is not None and state["updates"] >= state["interrupt_after"]:
+            state["interrupt_after"] = None  # ComfyUI clears the flag as it raises
+            raise Interrupted
+
+    comfy = types.ModuleType("comfy")
+    comfy.utils = types.SimpleNamespace(ProgressBar=ProgressBar)
+    comfy.model_management = types.SimpleNamespace(
+        throw_exception_if_processing_interrupted=throw_exception_if_processing_interrupted
+    )
+    monkeypatch.setitem(sys.modules, "comfy", comfy)
+    monkeypatch.setitem(sys.modules, "comfy.utils", comfy.utils)
+    monkeypatch.setitem(sys.modules, "comfy.model_management", comfy.model_management)
+    return state
+
+
+def test_cancel_stops_generation_and_the_model_runs_again(kgen_dir, comfy_hooks, one_torch_thread):
+    runtime = HostRuntime(lambda: [kgen_dir], offline=True)  # the real engine
+    tipo = node_mappings(runtime)[0]["TIPO"]()
+    comfy_hooks["interrupt_after"] = 5
+    with pytest.raises(Interrupted):
+        tipo.execute(tipo_model="tiny", format=REFERENCE_FORMAT, **INPUTS)
+    assert comfy_hooks["updates"] == 5  # stopped at the token the button was pressed on
+    prompt = tipo.execute(tipo_model="tiny", format=REFERENCE_FORMAT, **INPUTS)[0]
+    assert prompt.startswith("1girl,") and comfy_hooks["finished"]
+    assert comfy_hooks["updates"] > 5

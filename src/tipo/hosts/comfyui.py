@@ -20,11 +20,15 @@ declares its range, so the frontend no longer clamps it (reference #87) and any 
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..request import ExpandRequest
+from ..result import ExpandResult
 from ..tags import TagDatabase
 from .models import DEFAULT_HOST_MODEL, HostRuntime
+
+if TYPE_CHECKING:
+    from ..pipeline import TIPO as TipoModel  # the model; TIPO below is the node
 from .reference import (
     LENGTHS,
     OPERATIONS,
@@ -72,6 +76,17 @@ class _Node:
     FUNCTION = "execute"
     runtime: ClassVar[HostRuntime]  # set by node_mappings()
 
+    def _expand(
+        self, tipo_model: str, device: str, request: ExpandRequest, variants: int = 1
+    ) -> tuple[TipoModel, list[ExpandResult]]:
+        """``variants`` results of ``request`` (seeds seed, seed+1, ...) as one batch, with
+        the node's progress bar and ComfyUI's cancel button."""
+        tipo = self.runtime.model(tipo_model, device)
+        progress = Progress(request, variants)
+        results = tipo.variants(request, variants, on_token=progress)
+        progress.finish()
+        return tipo, results
+
 
 class TIPO(_Node):
     DESCRIPTION = "Expand tags and/or a sentence into a full prompt with a TIPO model."
@@ -84,10 +99,7 @@ class TIPO(_Node):
 
     def execute(self, tipo_model: str, device: str, **inputs: Any) -> tuple[str, ...]:
         request = reference_request(**inputs)
-        tipo = self.runtime.model(tipo_model, device)
-        progress = Progress(request)
-        result = tipo.run(request, on_token=progress)
-        progress.finish()
+        tipo, [result] = self._expand(tipo_model, device, request)
         return reference_outputs(result, request, tipo.tag_db).as_tuple()
 
 
@@ -106,10 +118,7 @@ class TIPOOperation(_Node):
 
     def execute(self, tipo_model: str, device: str, **inputs: Any) -> tuple[dict, dict]:
         request = reference_request(format="", **inputs)
-        tipo = self.runtime.model(tipo_model, device)
-        progress = Progress(request)
-        result = tipo.run(request, on_token=progress)
-        progress.finish()
+        tipo, [result] = self._expand(tipo_model, device, request)
         return operation_outputs(result, request, tipo.tag_db)
 
 
@@ -157,10 +166,7 @@ class TIPOVariants(_Node):
         **inputs: Any,
     ) -> tuple[list[str], str, list[str], str, list[int]]:
         request = reference_request(**inputs, **(control or {}))
-        tipo = self.runtime.model(tipo_model, device)
-        progress = Progress(request, variants)
-        results = tipo.variants(request, variants, on_token=progress)
-        progress.finish()
+        tipo, results = self._expand(tipo_model, device, request, variants)
         outputs = [reference_outputs(r, request, tipo.tag_db) for r in results]
         return (
             [o.prompt for o in outputs],
