@@ -167,6 +167,10 @@ def test_infotext_pastes_back_into_every_control(script_module, batches):
     assert pasted == {**settings.__dict__, "tag_prompt": PROMPT}
 
 
+def test_an_image_made_without_tipo_pastes_with_tipo_off():
+    assert webui.pasted_values({"Prompt": "1girl", "Steps": "20"}) == {"enabled": False}
+
+
 def test_a_reference_infotext_pastes_back(script_module):
     """As the reference wrote it: parameters with ' and " swapped, and "TIPO format" holding
     the dropdown's name (its bug); the format text comes from the parameters."""

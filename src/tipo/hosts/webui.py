@@ -196,8 +196,8 @@ def pasted_values(params: Mapping[str, Any]) -> dict[str, Any]:
     """What each control gets from a pasted infotext (ours or the reference's), by
     ScriptArgs field; fields the infotext does not set are left out."""
     saved = params.get(INFOTEXT_PARAMETERS)
-    if not isinstance(saved, Mapping):
-        return {}
+    if not isinstance(saved, Mapping):  # an image made without TIPO: reproduce it without
+        return {"enabled": False} if INFOTEXT_PARAMETERS not in params else {}
     values: dict[str, Any] = {"enabled": True}
     for key in ("seed", "tag_length", "nl_length", "ban_tags", "temperature", "top_p",
                 "top_k", "model", "no_formatting"):  # fmt: skip
