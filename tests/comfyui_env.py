@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from host_cache import (
     HostSetupError,
     cache_lock,
     default_cache_dir,
+    free_port,
     log,
     run_logged,
     stage,
@@ -412,12 +412,6 @@ def server_environment() -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     return env
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_until_serving(server: ComfyServer, timeout: float) -> None:

@@ -1,12 +1,14 @@
 """Building test hosts' environments once and caching them (the ComfyUI install, the gradio
 venvs of the WebUI tests): a cache folder, a lock so parallel runs wait for one build, and
-setup commands whose output goes to log files and whose stages are timed on stderr."""
+setup commands whose output goes to log files and whose stages are timed on stderr; and a free
+loopback port for the servers the tests start."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -94,3 +96,9 @@ def cache_lock(path: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -26,18 +25,14 @@ from pathlib import Path
 
 import pytest
 
+from host_cache import free_port
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 LABELS = ["TIPO", "Upsampling timing", "Seed for upsampling tags", "Tags Length target",
           "NL Length target", "Ban tags", "Prompt Format", "Custom Prompt Format", "Temperature",
           "Top-p", "Top-k", "Model", "Use CPU (GGUF)", "No formatting", "Tag Prompt",
           "Natural Language Prompt"]  # fmt: skip
 CHECKOUTS = [(name, os.environ.get(name)) for name in ("A1111_DIR", "FORGE_DIR")]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _get(url: str) -> object:
@@ -60,7 +55,7 @@ def webui(request, tmp_path_factory) -> Iterator[str]:
     root = Path(checkout)
     link = root / "extensions" / "tipo-prompt-under-test"
     link.symlink_to(REPOSITORY, target_is_directory=True)
-    port = _free_port()
+    port = free_port()
     log = (tmp_path_factory.mktemp("webui") / "webui.log").open("wb")
     command = [str(root / "venv" / "bin" / "python"), "launch.py", "--skip-prepare-environment",
                "--api", "--port", str(port), "--use-cpu", "all", "--no-half",
