@@ -42,7 +42,7 @@ def write_random_checkpoint(
     """A Hugging Face folder (config.json + model.safetensors) with random weights."""
     if isinstance(config, str):
         config = EngineConfig.from_name(config)
-    from .weights import expected_shapes
+    from .config import expected_shapes
 
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)

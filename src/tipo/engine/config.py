@@ -266,6 +266,30 @@ def _single_id(value: Any) -> int:
     return int(value)
 
 
+def expected_shapes(config: EngineConfig) -> dict[str, tuple[int, ...]]:
+    """Hugging Face tensor names and shapes for this architecture."""
+    c, f, q, kv = config.hidden_size, config.intermediate_size, config.q_size, config.kv_size
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (config.vocab_size, c)}
+    for i in range(config.num_layers):
+        p = f"model.layers.{i}."
+        attn = {"q_proj": (q, c), "k_proj": (kv, c), "v_proj": (kv, c), "o_proj": (c, q)}
+        mlp = {"gate_proj": (f, c), "up_proj": (f, c), "down_proj": (c, f)}
+        for name, shape in attn.items():
+            shapes[f"{p}self_attn.{name}.weight"] = shape
+            if config.attention_bias:
+                shapes[f"{p}self_attn.{name}.bias"] = shape[:1]
+        for name, shape in mlp.items():
+            shapes[f"{p}mlp.{name}.weight"] = shape
+            if config.mlp_bias:
+                shapes[f"{p}mlp.{name}.bias"] = shape[:1]
+        shapes[f"{p}input_layernorm.weight"] = (c,)
+        shapes[f"{p}post_attention_layernorm.weight"] = (c,)
+    shapes["model.norm.weight"] = (c,)
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = (config.vocab_size, c)
+    return shapes
+
+
 PRESETS: dict[str, EngineConfig] = {
     # Protocol doc §2. TIPO-100M's config was not published in a form we could read: no preset.
     "tipo-200m": EngineConfig(
@@ -288,4 +312,4 @@ PRESETS: dict[str, EngineConfig] = {
     ),
 }
 
-__all__ = ["PRESETS", "EngineConfig"]
+__all__ = ["PRESETS", "EngineConfig", "expected_shapes"]

@@ -37,7 +37,7 @@ from torch import Tensor
 from ..convert import gguf_name, unpermute_rotary
 from ..errors import CheckpointError
 from ..gguf_file import GGUFFile, GGUFTensor, import_gguf, read_gguf
-from .config import EngineConfig
+from .config import EngineConfig, expected_shapes
 
 _FLOATS = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 Q8_0_BLOCK = 32  # values per block; a block is 2 bytes of fp16 scale + 32 int8 values
@@ -60,8 +60,6 @@ class GGUFTensorReader:
     (q/k rows un-permuted), dequantised."""
 
     def __init__(self, file: GGUFFile, config: EngineConfig) -> None:
-        from .weights import expected_shapes
-
         self.path, self.config = file.path, config
         self.expected = expected_shapes(config)  # Hugging Face name -> shape
         self.tensors = file.tensors  # llama.cpp name -> entry

@@ -30,9 +30,9 @@ from torch import Tensor
 
 from ..backends.base import GenerationRequest
 from ..sampling import SamplingParams
-from .config import EngineConfig
+from .config import EngineConfig, expected_shapes
 from .engine import Engine, sequence_logits
-from .weights import expected_shapes, write_safetensors
+from .weights import write_safetensors
 
 # "rating: general\naspect ratio: 1.0\ntarget: <|long|> <|tag_to_long|>\ntag: 1girl, scenery"
 # as the training-time tokenizer encodes it (protocol doc §3): a real TIPO prompt.

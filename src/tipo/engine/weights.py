@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..checkpoints import read_config, weight_files
 from ..errors import BackendError, CheckpointError
-from .config import EngineConfig
+from .config import EngineConfig, expected_shapes
 from .model import Attention, Block, FeedForward, RMSNorm, Transformer, interleave_rope_rows
 from .quant import WEIGHT_FORMATS, activation_dtype, head_format, kv_cache_dtype, make_linear
 
@@ -159,30 +159,6 @@ class WeightReader(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
-def expected_shapes(config: EngineConfig) -> dict[str, tuple[int, ...]]:
-    """Hugging Face tensor names and shapes for this architecture."""
-    c, f, q, kv = config.hidden_size, config.intermediate_size, config.q_size, config.kv_size
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (config.vocab_size, c)}
-    for i in range(config.num_layers):
-        p = f"model.layers.{i}."
-        attn = {"q_proj": (q, c), "k_proj": (kv, c), "v_proj": (kv, c), "o_proj": (c, q)}
-        mlp = {"gate_proj": (f, c), "up_proj": (f, c), "down_proj": (c, f)}
-        for name, shape in attn.items():
-            shapes[f"{p}self_attn.{name}.weight"] = shape
-            if config.attention_bias:
-                shapes[f"{p}self_attn.{name}.bias"] = shape[:1]
-        for name, shape in mlp.items():
-            shapes[f"{p}mlp.{name}.weight"] = shape
-            if config.mlp_bias:
-                shapes[f"{p}mlp.{name}.bias"] = shape[:1]
-        shapes[f"{p}input_layernorm.weight"] = (c,)
-        shapes[f"{p}post_attention_layernorm.weight"] = (c,)
-    shapes["model.norm.weight"] = (c,)
-    if not config.tie_word_embeddings:
-        shapes["lm_head.weight"] = (config.vocab_size, c)
-    return shapes
-
-
 class _Builder:
     """Turns checkpoint tensors into model parts on ``device`` in weight format ``fmt``."""
 
@@ -302,7 +278,6 @@ __all__ = [
     "TensorEntry",
     "TensorReader",
     "WeightReader",
-    "expected_shapes",
     "load_model",
     "read_header",
     "write_safetensors",
