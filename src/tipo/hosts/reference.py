@@ -163,9 +163,9 @@ def operation_outputs(
     input, and that input as written, which TIPO Format needs to give it back)."""
     full: dict[str, Any] = result.tags.to_dict()
     full.update(extended=result.extended, generated=result.generated)
-    user = UserInput.parse(request.tags, request.nl, db).tags
+    user = UserInput.parse(request.tags, request.nl, db)
     addon = {
-        "tags": [t for c, values in result.tags.items() for t in values if t not in user[c]],
+        "tags": _added_tags(result.tags, user.tags),
         "nl": result.extended or result.generated,
         "user_tags": request.tags,
         "user_nl": request.nl,
@@ -179,16 +179,36 @@ def format_outputs(
     format: str,
     db: TagDatabase,
 ) -> ReferenceOutputs:
-    """The four texts from TIPOOperation's outputs and a format: what TIPO Format gives, and
-    what the TIPO node gives (it runs the same path). Neither input is modified."""
+    """The four texts from TIPOOperation's outputs and a format: what TIPO Format gives.
+    Neither input is modified."""
     tags, extended, generated = _read_full_output(full_output)
     user_tags, user_nl = _read_addon_output(addon_output)
+    return _outputs(tags, extended, generated, user_tags, user_nl, format, db)
+
+
+def reference_outputs(
+    result: ExpandResult, request: ExpandRequest, db: TagDatabase
+) -> ReferenceOutputs:
+    """The TIPO node's four texts for one result: TIPO Format's, without the round trip
+    through TIPOOperation's dictionaries."""
+    return _outputs(result.tags, result.extended, result.generated, request.tags, request.nl,
+                    request.template, db)  # fmt: skip
+
+
+def _outputs(
+    tags: Tags,
+    extended: str,
+    generated: str,
+    user_tags: str,
+    user_nl: str,
+    format: str,
+    db: TagDatabase,
+) -> ReferenceOutputs:
     user = UserInput.parse(user_tags, user_nl, db)
     template = _template(format)
     prompt = render_prompt(template, tags, extended, generated, user.style)
-    new_tags = [t for c, values in tags.items() for t in values if t not in user.tags[c]]
     caption = user.style.nl.render(extended) if extended else escape(generated)
-    added = ", ".join(user.style.render_tags(new_tags))
+    added = ", ".join(user.style.render_tags(_added_tags(tags, user.tags)))
     return ReferenceOutputs(
         prompt=prompt,
         user_prompt=user.render(template),
@@ -197,12 +217,9 @@ def format_outputs(
     )
 
 
-def reference_outputs(
-    result: ExpandResult, request: ExpandRequest, db: TagDatabase
-) -> ReferenceOutputs:
-    """The TIPO node's four texts for one result."""
-    full, addon = operation_outputs(result, request, db)
-    return format_outputs(full, addon, request.template, db)
+def _added_tags(tags: Tags, user: Tags) -> list[str]:
+    """The tags TIPO added: those of ``tags`` not in the user's own, category by category."""
+    return [tag for category, values in tags.items() for tag in values if tag not in user[category]]
 
 
 def _template(format: str) -> Template:
