@@ -95,6 +95,14 @@ class TIPO:
         ``on_token(index, token_id)`` is called as tokens are generated (``index`` is the
         sequence's place in the round's batch), for progress; an exception it raises stops
         the run (a host's interrupt button)."""
+        runs = self.start_runs(requests)
+        while self._round(runs, on_token):
+            pass
+        return [r if isinstance(r, TipoError) else r.result() for r in runs]
+
+    def start_runs(self, requests: Sequence[ExpandRequest]) -> list[RequestRun | TipoError]:
+        """One RequestRun per request (or the error that stops it), for a caller that drives
+        them itself, as ``run_many`` and the server's engine loop do."""
         context = self._context(requests)
         runs: list[RequestRun | TipoError] = []
         for request in requests:
@@ -102,9 +110,7 @@ class TIPO:
                 runs.append(RequestRun(request, context))
             except TipoError as error:
                 runs.append(error)
-        while self._round(runs, on_token):
-            pass
-        return [r if isinstance(r, TipoError) else r.result() for r in runs]
+        return runs
 
     def _context(self, requests: Sequence[ExpandRequest]) -> RunContext:
         """Token table and vocabulary are built on first need and kept (~0.1 s and ~0.2 s)."""

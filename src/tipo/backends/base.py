@@ -62,6 +62,30 @@ class Generation:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class StepResult:
+    """What one step of a ``Stepper`` did. Tokens are (handle, token id) in sampling order; a
+    rollback is (handle, n): the sequence's newest n tokens (reported earlier or in this step)
+    are gone."""
+
+    tokens: list[tuple[int, int]] = field(default_factory=list)
+    rollbacks: list[tuple[int, int]] = field(default_factory=list)
+    finished: list[tuple[int, Generation]] = field(default_factory=list)
+
+
+@runtime_checkable
+class Stepper(Protocol):
+    """Continuous batching: sequences join and leave the batch between steps (a server's
+    engine loop drives it). ``add`` queues a request and returns its handle, ``step`` advances
+    every sequence once, ``cancel`` ends one now (None if it is unknown or finished)."""
+
+    def add(self, request: GenerationRequest) -> int: ...
+
+    def step(self) -> StepResult: ...
+
+    def cancel(self, handle: int) -> Generation | None: ...
+
+
 @runtime_checkable
 class Backend(Protocol):
     name: str
@@ -78,6 +102,9 @@ class Backend(Protocol):
         """Free the model's memory; the backend is unusable afterwards."""
         ...
 
+    # Optional: ``stepper() -> Stepper`` where the backend batches across requests as they
+    # come (continuous batching); a server drives other backends one round at a time.
+
 
 __all__ = [
     "Backend",
@@ -85,6 +112,8 @@ __all__ = [
     "FinishReason",
     "Generation",
     "GenerationRequest",
+    "StepResult",
+    "Stepper",
     "TokenCallback",
     "TokenConstraint",
 ]

@@ -40,6 +40,13 @@ class TorchEngineBackend:
             raise BackendError("the torch backend was closed", hint="load the model again")
         return self.engine.generate(requests, on_token)
 
+    def stepper(self) -> Any:
+        """The engine's scheduler (tipo.engine.Scheduler), for a server's engine loop. The
+        loop must then be its only user: ``generate`` drives the same scheduler."""
+        if self.engine is None:
+            raise BackendError("the torch backend was closed", hint="load the model again")
+        return self.engine.scheduler
+
     def close(self) -> None:
         if self.engine is not None:
             self.engine.close()

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 
 import torch
 from torch import Tensor
 
-from ..backends.base import FinishReason, Generation, GenerationRequest
+from ..backends.base import FinishReason, Generation, GenerationRequest, StepResult
 from ..errors import InvalidRequestError
 from .kv_cache import KVCache, common_prefix
 from .model import Transformer, decode_pass, prefill_pass
@@ -58,16 +58,6 @@ class Sequence:
     def cached(self) -> int:
         """Positions of this sequence held in its cache row."""
         return len(self.tokens) - 1
-
-
-@dataclass
-class StepResult:
-    """What one ``step()`` did. Tokens are (handle, token id) in sampling order; a rollback is
-    (handle, n): the sequence's newest n tokens (reported earlier or in this step) are gone."""
-
-    tokens: list[tuple[int, int]] = field(default_factory=list)
-    rollbacks: list[tuple[int, int]] = field(default_factory=list)
-    finished: list[tuple[int, Generation]] = field(default_factory=list)
 
 
 class Scheduler:
