@@ -83,6 +83,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--offline", action="store_true", help="never touch the network")
     group.add_argument("--tag-csv", help="tag CSV (SD-WebUI autocomplete format) for aliases")
+    group.add_argument(
+        "--url",
+        help="openai backend: OpenAI-compatible server URL(s) ending in /v1, comma-separated",
+    )
 
 
 def _add_expand_options(parser: argparse.ArgumentParser) -> None:
@@ -198,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true",
                        help="int8 and bfloat16, batches 1 and 16, 128 tokens, 8 seeds")  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_serve_parser(commands)
     templates = commands.add_parser("templates", help="list the output templates")
     templates.add_argument("--show", help="print one template's text")
     return parser
@@ -224,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "convert": cmd_convert,
         "bench": cmd_bench,
         "templates": cmd_templates,
+        "serve": cmd_serve,
     }[args.command]
     try:
         return handler(args)
@@ -288,13 +294,15 @@ def cmd_expand(args: argparse.Namespace) -> int:
         raise InvalidRequestError("give tags or --input, not both")
     if args.input is None:
         request = ExpandRequest.create(tags=args.tags or "", **options)
+    remote = {"url": args.url.split(",")} if args.url else {}
     tipo = TIPO.load(
         args.model,
-        backend=args.backend,
+        backend="openai" if args.url and args.backend == "auto" else args.backend,
         device=args.device,
         dtype=args.dtype,
         tag_csv=args.tag_csv,
         offline=args.offline,
+        **remote,
     )
     with tipo:
         if args.input is not None:
@@ -448,6 +456,61 @@ def cmd_templates(args: argparse.Namespace) -> int:
     for name, template in TEMPLATES.items():
         if " " not in name:  # the reference's display names are aliases
             print(f"{name:20} {template.description}")
+    return 0
+
+
+# --- serve ---------------------------------------------------------------------------------
+
+# Flags of `tipo serve`, one per ServerSettings field (each also read from TIPO_<NAME>).
+_SERVE_FLAGS: tuple[tuple[str, type, str], ...] = (
+    ("model", str, "Hub id, local folder or .gguf file (default: KBlueLeaf/TIPO-200M-ft)"),
+    ("backend", str, "auto (default), torch, transformers, llamacpp or openai"),
+    ("device", str, "cpu (default) or cuda"),
+    ("dtype", str, "weight format (see tipo expand --help)"),
+    ("tag_csv", str, "tag CSV (SD-WebUI autocomplete format) for aliases"),
+    ("url", str, "openai backend: server URL(s) ending in /v1, comma-separated"),
+    ("remote_api_key", str, "openai backend: the remote servers' API key"),
+    ("host", str, "address to listen on (default 127.0.0.1: this machine only)"),
+    ("port", int, "port (default 8000)"),
+    ("api_key", str, "require 'Authorization: Bearer <key>' on /v1 and /metrics"),
+    ("cors_origin", str, "origins allowed to call the API from a browser, comma-separated"),
+    ("max_batch", int, "sequences decoded together (default 16)"),
+    ("max_queue", int, "sequences waiting beyond a full batch before 429 (default 64)"),
+    ("timeout", float, "seconds a request may take before 504 (default 120)"),
+    ("max_variants", int, "most variants per request (default 16)"),
+    ("max_new_tokens", int, "most new tokens per step (default 512)"),
+)
+
+
+def _add_serve_parser(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="HTTP service with a web page (needs the server extra)",
+        description="Serve TIPO over HTTP: /v1/expand, a web page at /, /docs, /metrics. "
+        "Every flag can also be set as an environment variable TIPO_<FLAG> (TIPO_API_KEY=...).",
+    )
+    for name, kind, text in _SERVE_FLAGS:
+        serve.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+    serve.add_argument(
+        "--offline", action="store_true", default=None, help="never touch the network"
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from pydantic import ValidationError
+
+        from .server import ServerSettings, serve
+    except ImportError:
+        raise MissingDependencyError.for_extra("fastapi", "server", "tipo serve") from None
+    given = {name: getattr(args, name) for name, _, _ in _SERVE_FLAGS}
+    given["offline"] = args.offline
+    try:
+        settings = ServerSettings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise InvalidRequestError(f"invalid server settings: {problems}") from None
+    serve(settings)
     return 0
 
 
