@@ -143,7 +143,7 @@ class RequestRun:
             sampling = sampling.with_(max_new_tokens=room)
         constraint = self._constraint(step, prompt, sampling.max_new_tokens)
         self.pending = _Pending(step, prompt, seed, constraint)
-        return GenerationRequest(tuple(ids), sampling, seed, constraint)
+        return GenerationRequest(tuple(ids), sampling, seed, constraint, affinity=self.seed)
 
     def _constraint(self, step: Step, prompt: str, budget: int) -> FieldConstraint | None:
         if not self.request.control or self.context.tokens is None:

@@ -16,6 +16,7 @@ BACKENDS: dict[str, str] = {
     "torch": "tipo.backends.torch_engine",
     "transformers": "tipo.backends.hf_transformers",
     "llamacpp": "tipo.backends.llamacpp",
+    "openai": "tipo.backends.remote",  # vLLM / SGLang / llama-server over HTTP; never "auto"
     "fake": "tipo.backends.fake",  # scripted, for wiring tests; never picked by "auto"
 }
 # What "auto" picks per checkpoint format: the first of these whose package is installed. For

@@ -50,6 +50,9 @@ class GenerationRequest:
     seed: int
     # Decode-time control (see TokenConstraint); None means free decoding.
     constraint: TokenConstraint | None = None
+    # The same for every generation of one request (its run's seed): remote backends route
+    # them to one replica, so its prompt cache serves them all.
+    affinity: int | None = None
 
 
 @dataclass
