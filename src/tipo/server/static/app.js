@@ -152,7 +152,8 @@ function setStatus(text) {
 }
 
 // One variant's card: the text being written, then the final prompt; a panel of its steps.
-// data-tokens counts the tokens drawn, data-tokens-at-result how many came before the result.
+// data-tokens counts the tokens drawn, data-tokens-at-result how many came before the result,
+// data-resyncs the steps whose streamed text (tokens minus rollbacks) was not their output.
 class Card {
   constructor(index, seed) {
     this.el = fromTemplate("card-template");
@@ -160,7 +161,7 @@ class Card {
     this.steps = []; // step k: {text, item}
     this.tokens = 0;
     this.prompt = "";
-    Object.assign(this.el.dataset, { variant: index, state: "streaming", tokens: 0 });
+    Object.assign(this.el.dataset, { variant: index, state: "streaming", tokens: 0, resyncs: 0 });
     this.el.setAttribute("aria-busy", "true");
     const seedText = seed == null ? "" : ` · seed ${seed}`;
     this.part("card-title").textContent = `Variant ${index + 1}${seedText}`;
@@ -198,6 +199,8 @@ class Card {
   }
 
   stepEnd({ step, record }) {
+    // The streamed text should already be the output; count the times it was not.
+    if (this.steps[step]?.text !== record.output) this.el.dataset.resyncs++;
     this.setText(step, record.output);
     this.steps[step].item.querySelector(".step-meta").textContent =
       `${record.prompt_tokens} prompt + ${record.new_tokens} new tokens · `
@@ -350,12 +353,19 @@ function showTemplateText() {
   $("template-text").textContent = field("template").selectedOptions[0]?.dataset.text ?? "";
 }
 
+// A local folder or file by its name (the full path is in the tooltip); a Hub id as it is.
+function shortModelName(id) {
+  return /^([/~.]|[A-Za-z]:[\\/])/.test(id) ? id.split(/[\\/]/).filter(Boolean).pop() : id;
+}
+
 async function loadServerInfo() {
   try {
     const [{ templates }, { data }] = await Promise.all([
       getJson("v1/templates"), getJson("v1/models"),
     ]);
-    $("model-id").textContent = data.map((model) => model.id).join(", ") || "none";
+    const ids = data.map((model) => model.id);
+    $("model-id").textContent = ids.map(shortModelName).join(", ") || "none";
+    $("model-id").title = ids.join("\n");
     const select = field("template");
     select.replaceChildren(select.options[0]);
     for (const { name, description, text } of templates) {
