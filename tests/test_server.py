@@ -23,6 +23,7 @@ from tipo.cli import main
 from tipo.protocol import ModelRequest, build_prompt
 from tipo.request import ExpandRequest
 from tipo.server import ServerSettings, create_app
+from tipo.server.limits import backtracking_risk
 from tipo.server.schemas import ExpandBody
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -320,3 +321,13 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     assert settings.api_key is not None and settings.api_key.get_secret_value() == "from-env"
     assert settings.url == ("http://a:1/v1", "http://b:2/v1") and settings.max_batch == 4
     assert ServerSettings(max_batch=8).max_batch == 8
+
+
+@pytest.mark.parametrize(("pattern", "risky"), [
+    ("(a+)+$", True), ("((a|b)*)*c", True), ("(a|aa)+", True), ("(?:x|y+){2,}", True),
+    (".*a.*b.*c", True), ("a*b*c*d", True),
+    (".*text", False), ("official*", False), ("(english|chinese) text", False),
+    ("[(a+)]+", False), (r"\(a+\)+", False), ("(ab)*", False), ("(?i)logo.*", False),
+])  # fmt: skip
+def test_ban_patterns_that_could_backtrack_for_long_are_refused(pattern: str, risky: bool) -> None:
+    assert (backtracking_risk(pattern) is not None) == risky

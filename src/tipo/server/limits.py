@@ -2,13 +2,11 @@
 
 Besides sizes and counts, two things a command-line user may do are refused over HTTP:
 * a template that names a file (the server never reads a path taken from a request);
-* a ban pattern that nests quantifiers (``(a+)+``): Python's regex engine can take exponential
-  time on such a pattern, and bans run on the engine thread that every client shares.
+* a ban pattern that could backtrack for long (``(a+)+``, ``.*a.*b.*c``, see
+  ``backtracking_risk``): bans run on the engine thread that every client shares.
 """
 
 from __future__ import annotations
-
-import re
 
 from ..errors import InvalidRequestError
 from ..request import ExpandRequest
@@ -17,8 +15,8 @@ from ..templates import TEMPLATES, has_slots
 from .schemas import ExpandBody
 from .settings import ServerSettings
 
-# A group holding a quantifier, itself quantified: "(a+)+", "(\w*x)*", "(?:a|b+){2,}".
-_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*(?:[*+?}])(?:[^()\\]|\\.)*\)\s*[*+{]")
+_UNBOUNDED = "*+{"  # what repeats a group ("?" takes it at most once: harmless)
+MAX_BAN_REPEATS = 2
 
 
 def expand_requests(body: ExpandBody, settings: ServerSettings) -> list[ExpandRequest]:
@@ -57,11 +55,46 @@ def _at_most(what: str, value: int, limit: int) -> None:
 
 def _check_ban(ban: str, max_chars: int) -> None:
     _at_most(f"a ban has {len(ban):,} characters", len(ban), max_chars)
-    if _NESTED_QUANTIFIER.search(ban):
+    risk = backtracking_risk(ban)
+    if risk is not None:
         raise InvalidRequestError(
-            f"the ban {ban!r} nests quantifiers, which can make matching take exponential time",
-            hint="write it without a repeated group, e.g. 'a+' instead of '(a+)+'",
+            f"the ban {ban!r} could take very long to match: {risk}",
+            hint="write it more simply, e.g. '[ab]+' for '(a|b)+', 'a+' for '(a+)+'",
         )
+
+
+def backtracking_risk(pattern: str) -> str | None:
+    """Why matching ``pattern`` could take very long, or None. Python's regex engine
+    backtracks: a repeated group that holds a repeat or an alternation ("(a+)+", "(a|aa)+")
+    takes exponential time on the wrong text, and each further unbounded repeat (".*a.*b.*c")
+    multiplies the time by the text's length. A scan over the pattern's groups; escapes and
+    character classes hold none."""
+    stack = [False]  # per open group: does it hold a repeat or an alternation?
+    i, in_class, repeats = 0, False, 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char == "(":
+            stack.append(False)
+            i += pattern.startswith("?", i + 1)  # "(?:", "(?P<": not a quantifier
+        elif char == ")" and len(stack) > 1:
+            risky = stack.pop()
+            if risky and i + 1 < len(pattern) and pattern[i + 1] in _UNBOUNDED:
+                return "it repeats a group that holds a repeat or an alternation"
+            stack[-1] = stack[-1] or risky
+        elif char in "*+?{|":
+            stack[-1] = True
+            repeats += char in _UNBOUNDED
+        i += 1
+    if repeats > MAX_BAN_REPEATS:
+        return f"it has {repeats} unbounded repeats (at most {MAX_BAN_REPEATS})"
+    return None
 
 
 def _check_template(template: str) -> None:
@@ -74,4 +107,4 @@ def _check_template(template: str) -> None:
     )
 
 
-__all__ = ["expand_requests"]
+__all__ = ["backtracking_risk", "expand_requests"]
