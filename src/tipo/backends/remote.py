@@ -10,8 +10,8 @@ request body and one reply parser per engine) -> ``_Replica.post`` (HTTP, retrie
   ``return_tokens``, as its ``/v1/completions`` returns text only). Token-id prompts get no
   second BOS from any of the three. A reply with text only is re-tokenised with our tokenizer
   (``Generation.extra["retokenised"]``): the text is right, the ids may differ.
-* Requests of one ``generate`` call with the same prompt, sampling and grammar are one call
-  with ``n`` = their number and ``seed`` = the first one's: variant i gets engine seed
+* Requests of one ``generate`` call with the same prompt, sampling, grammar and replica are
+  one call with ``n`` = their number and ``seed`` = the first one's: variant i gets engine seed
   ``seed + i`` (vLLM and llama.cpp both do that; SGLang only honours seeds with
   ``--enable-deterministic-inference``). Calls run concurrently: engines batch across requests.
 * Length targets travel as a grammar made from the run's ``FieldConstraint``
@@ -154,6 +154,7 @@ class _Choice:
     finish: str  # the engine's word
     stopped_by_string: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    prompt_tokens: int | None = None  # as the server counted them (a second BOS would show)
 
 
 class _Dialect:
@@ -196,11 +197,13 @@ class _Dialect:
 
     def _choice(self, choice: dict[str, Any]) -> _Choice:
         stop = choice.get("stop_reason", choice.get("matched_stop"))
+        prompt = choice.get("prompt_token_ids")
         return _Choice(
             choice.get("token_ids"),
             choice.get("text", ""),
             choice.get("finish_reason") or "stop",
             stopped_by_string=isinstance(stop, str),
+            prompt_tokens=len(prompt) if isinstance(prompt, list) else None,
         )
 
 
@@ -278,8 +281,14 @@ class _LlamaCpp(_Dialect):
             "prefill_seconds": float(timings.get("prompt_ms", 0.0)) / 1000,
             "decode_seconds": float(timings.get("predicted_ms", 0.0)) / 1000,
         }
+        evaluated = choice.get("tokens_evaluated")
         return _Choice(
-            choice.get("tokens"), choice.get("content", ""), finish, stop_type == "word", seconds
+            choice.get("tokens"),
+            choice.get("content", ""),
+            finish,
+            stop_type == "word",
+            seconds,
+            int(evaluated) if evaluated is not None else None,
         )
 
 
@@ -357,19 +366,25 @@ class RemoteBackend:
             )
 
     def _plan_calls(self, requests: Sequence[GenerationRequest]) -> list[_Call]:
-        """Group identical requests (prompt, sampling, grammar) into one call each, routed by
-        the group's first request."""
+        """Route every request, then make one call of the requests that go to the same replica
+        with the same prompt, sampling and grammar (variants: the engine runs the prompt once).
+        Routing first keeps each request on its replica at every step."""
         groups: dict[tuple[Any, ...], list[int]] = {}
         specs: list[ContinuationSpec | None] = []
+        replicas: list[_Replica] = []
         for index, request in enumerate(requests):
             spec = self._spec(request)
             specs.append(spec)
-            groups.setdefault((request.prompt_ids, request.sampling, spec), []).append(index)
+            replicas.append(self._route(request))
+            key = (id(replicas[-1]), request.prompt_ids, request.sampling, spec)
+            groups.setdefault(key, []).append(index)
         calls = []
         for indices in groups.values():
-            first = requests[indices[0]]
-            replica = self._route(first)
-            calls.append(_Call(tuple(indices), first, specs[indices[0]], replica, first.seed))
+            first = indices[0]
+            request = requests[first]
+            calls.append(
+                _Call(tuple(indices), request, specs[first], replicas[first], request.seed)
+            )
         return calls
 
     def _spec(self, request: GenerationRequest) -> ContinuationSpec | None:
@@ -423,6 +438,8 @@ class RemoteBackend:
 
     def _generation(self, call: _Call, choice: _Choice, seconds: float) -> Generation:
         extra: dict[str, float] = {"replica": float(self.replicas.index(call.replica))}
+        if choice.prompt_tokens is not None:
+            extra["server_prompt_tokens"] = float(choice.prompt_tokens)
         ids = choice.token_ids
         if ids is None:  # an engine that answers text only
             ids, extra["retokenised"] = self.tokenizer.encode_fragment(choice.text), 1.0
@@ -529,6 +546,15 @@ def load(
         backend.close()
         raise
     backend.context_length = _context_length(checkpoint, backend.replicas)
+    if backend.llguidance and any(
+        r.dialect and r.dialect.name == "llamacpp" for r in backend.replicas
+    ):
+        backend.close()
+        raise InvalidRequestError(
+            "llguidance grammars do not work on llama-server with TIPO's vocabulary (b11549: "
+            "'Parser Error: token … doesn't satisfy the grammar', then it decodes unconstrained)",
+            hint="leave llguidance off for llama-server: length targets go as GBNF",
+        )
     return backend
 
 
