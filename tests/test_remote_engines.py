@@ -29,10 +29,11 @@ from remote_servers import (
 from tipo import TIPO, ExpandRequest
 from tipo.backends import remote
 from tipo.backends.base import GenerationRequest
-from tipo.errors import BackendError
+from tipo.errors import BackendError, InvalidRequestError
 from tipo.postprocess import split_sentences
 from tipo.protocol import Length
 from tipo.sampling import SamplingParams
+from tipo.tags import Category
 
 ENGINES = ("llamacpp", "vllm")
 SHORT_ITEMS = {"tag_chars": 12, "sentence_chars": 40}  # a random model fills every item
@@ -211,6 +212,53 @@ def test_vllm_ignores_the_old_guided_fields(vllm_server):
     assert old.status_code == new.status_code == 200
     assert not re.fullmatch(regex, old.json()["choices"][0]["text"])
     assert re.fullmatch(regex, new.json()["choices"][0]["text"])
+
+
+@pytest.fixture(scope="module")
+def vllm_guidance_server(pytestconfig, remote_checkpoint, server_logs) -> Iterator[ServerProcess]:
+    """vLLM with llguidance as its structured-output backend (server-wide: no request can
+    pick it; under "auto" a Lark grammar with ``&`` fails in xgrammar with a 500)."""
+    with progress_visible(pytestconfig):
+        server = start_vllm(
+            ensure_vllm(),
+            remote_checkpoint[0],
+            server_logs,
+            name="vllm-guidance",
+            extra_args=["--structured-outputs-config", '{"backend": "guidance"}'],
+        )
+    yield server
+    server.stop()
+
+
+def _new_tags(result) -> list[str]:
+    return [t.strip() for t in result.steps[0].output.split("\n")[0].split(",") if t.strip()]
+
+
+@pytest.mark.e2e
+def test_llguidance_on_vllm_keeps_the_vocabulary_and_the_bans(
+    vllm_guidance_server, remote_checkpoint
+):
+    """With llguidance the 30k-tag vocabulary and the bans are in the grammar: every tag the
+    model writes is a known tag, none matches a ban (here: any tag with an "a" or an "e")."""
+    with TIPO.load(
+        remote_checkpoint[0], backend="openai", url=vllm_guidance_server.url, llguidance=True
+    ) as tipo:
+        known = set(tipo.tag_db.names(Category.GENERAL)) | set(tipo.tag_db.names(Category.SPECIAL))
+        options = dict(tags="1girl, scenery", tag_length="short", max_new_tokens=512)
+        free = tipo.expand(seed=3, **options)
+        banned = tipo.expand(seed=3, ban="a, e", **options)
+    for result in (free, banned):
+        assert all(s.finish_reason == "eos" for s in result.steps)
+        assert _in(_tag_count(result), Length.SHORT.tag_range)
+        assert set(_new_tags(result)) <= known, _new_tags(result)
+    assert any("a" in t or "e" in t for t in _new_tags(free))
+    assert not any("a" in t or "e" in t for t in _new_tags(banned)), _new_tags(banned)
+
+
+@pytest.mark.e2e
+def test_llguidance_is_refused_on_llama_server(llama_server, remote_checkpoint):
+    with pytest.raises(InvalidRequestError, match="llguidance"):
+        TIPO.load(remote_checkpoint[0], backend="openai", url=llama_server.url, llguidance=True)
 
 
 # --- failures -----------------------------------------------------------------------------------

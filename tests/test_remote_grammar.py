@@ -208,16 +208,23 @@ def test_gbnf_first_tag_of_an_empty_field():
     assert to_gbnf(spec).splitlines()[0] == 'root ::= "\\ntag:" " " tag (", " tag){5,17}'
 
 
-def test_lark_text_with_vocabulary_and_ban():
+def test_lark_vocabulary_leaves_banned_tags_out():
     spec = ContinuationSpec(
         (FieldSpec("tag", "tag", 1, 2, "after_item"),),
         bans=(BanPattern.parse("witch hat"),),
         vocabulary=("1girl", "witch hat"),
     )
-    assert to_lark(spec).splitlines()[:2] == [
-        'start: (", " TAG){1,2}',
-        'TAG: ("1girl" | "witch hat") & ~/.*witch[ _]hat.*/',
-    ]
+    assert to_lark(spec).splitlines()[:2] == ['start: (", " TAG){1,2}', 'TAG: "1girl"']
+
+
+def test_lark_free_tags_with_bans():
+    spec = ContinuationSpec(
+        (FieldSpec("tag", "tag", 1, 2, "after_item"),),
+        bans=BanList.parse("hat, official*").patterns,
+    )
+    assert to_lark(spec).splitlines()[1] == (
+        "TAG: /[^, \\n][^,\\n]{0,47}/ & ~/.*hat.*/ & ~/official.*/"
+    )
 
 
 @pytest.mark.parametrize(

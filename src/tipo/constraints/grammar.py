@@ -281,17 +281,25 @@ def ban_regex(pattern: BanPattern) -> str:
     return f"(?:{pattern.text}).*"
 
 
+def allowed_vocabulary(
+    vocabulary: tuple[str, ...], bans: tuple[BanPattern, ...]
+) -> tuple[str, ...]:
+    """The vocabulary without its banned tags (the bans' own test, so exact)."""
+    return tuple(t for t in vocabulary if not any(p.matches_tag(t) for p in bans))
+
+
 def to_lark(spec: ContinuationSpec) -> str:
-    """llguidance Lark. Tags are one lexeme ``TAG``: the vocabulary's literals when the spec has
-    one, else the free form; each ban intersects it with a complement (``& ~/…/``), so banned
-    tags cannot be written and no rollback is needed."""
+    """llguidance Lark. Tags are one lexeme ``TAG``: the vocabulary's literals (banned ones
+    left out) when the spec has one, else the free form intersected with a complement per
+    ban (``& ~/…/``): either way banned tags cannot be written and no rollback is needed.
+    (Complements on the 30k-literal vocabulary exceed llguidance's lexer fuel: "lexer
+    precomputation failed", and vLLM then ends the request at once.)"""
     w = _Lark()
     if spec.vocabulary is not None:
-        tag = " | ".join(json.dumps(v, ensure_ascii=False) for v in spec.vocabulary)
+        tags = allowed_vocabulary(spec.vocabulary, spec.bans)
+        tag = " | ".join(json.dumps(v, ensure_ascii=False) for v in tags)
     else:
         tag = _lark_regex(_tag_class(spec.tag_chars))
-    if spec.bans:
-        tag = f"({tag})" if spec.vocabulary is not None else tag
         tag += "".join(f" & ~{_lark_regex(ban_regex(p))}" for p in spec.bans)
     return "\n".join(
         [
@@ -310,6 +318,7 @@ __all__ = [
     "TAG_CHARS",
     "ContinuationSpec",
     "FieldSpec",
+    "allowed_vocabulary",
     "ban_regex",
     "continuation_spec",
     "to_gbnf",
