@@ -442,3 +442,58 @@ def test_calls_of_one_round_run_concurrently(replicas, remote_checkpoint):
         tipo.backend.generate(requests)
         together = time.perf_counter() - started
     print(f"\n4 calls one by one {one_by_one:.2f} s, in one round {together:.2f} s")
+
+
+# --- without servers ----------------------------------------------------------------------------
+
+
+def test_urls_are_normalised_and_checked():
+    assert remote._urls("http://a:1/v1/, http://b:2") == ["http://a:1/v1", "http://b:2/v1"]
+    with pytest.raises(InvalidRequestError, match="not an http"):
+        remote._urls(["a:1/v1"])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, "needs the server's url"),
+        ({"url": "http://127.0.0.1:1/v1", "colour": 1}, "unknown openai option"),
+        ({"url": "http://127.0.0.1:1/v1", "dtype": "float16"}, "takes no dtype"),
+        ({"url": "http://127.0.0.1:1/v1", "dialect": "tgi"}, "unknown dialect"),
+    ],
+)
+def test_load_refuses_bad_options(tiny_checkpoint, options, message):
+    with pytest.raises(InvalidRequestError, match=message):
+        TIPO.load(tiny_checkpoint, backend="openai", **options)
+
+
+def _offline_backend(urls: list[str]) -> remote.RemoteBackend:
+    from checkpoints import llama_tokenizer_model
+    from tipo.tokenizer import TipoTokenizer
+
+    tokenizer = TipoTokenizer.from_sentencepiece(llama_tokenizer_model())
+    return remote.RemoteBackend([remote._Replica(u, client=None) for u in urls], tokenizer, 2048)
+
+
+def test_rendezvous_routing_spreads_and_moves_only_the_removed_replicas_keys():
+    urls = [f"http://10.0.0.{i}:8000/v1" for i in range(3)]
+    three, two = _offline_backend(urls), _offline_backend(urls[:2])
+    sampling = SamplingParams()
+    before, after = {}, {}
+    for key in range(600):
+        request = GenerationRequest((1, 2, 3), sampling, seed=0, affinity=key)
+        before[key] = three._route(request).url
+        after[key] = two._route(request).url
+    counts = [list(before.values()).count(u) for u in urls]
+    assert min(counts) > 150, counts
+    assert all(after[k] == u for k, u in before.items() if u != urls[2])
+
+
+def test_identical_requests_on_one_replica_are_one_call_with_the_first_seed():
+    backend = _offline_backend(["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1"])
+    sampling = SamplingParams()
+    same = [GenerationRequest((1, 5, 6), sampling, seed=s, affinity=7) for s in (40, 90)]
+    other = GenerationRequest((1, 5, 7), sampling, seed=3, affinity=7)
+    calls = backend._plan_calls([same[0], other, same[1]])
+    assert [(c.indices, c.seed) for c in calls] == [((0, 2), 40), ((1,), 3)]
+    assert calls[0].replica is calls[1].replica
