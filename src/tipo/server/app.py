@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -33,7 +34,7 @@ from ..errors import InvalidRequestError, TipoError
 from ..pipeline import TIPO
 from ..protocol import ModelRequest, build_prompt
 from ..templates import TEMPLATES
-from .engine_loop import EngineLoop, Job, QueueFullError, RequestTimeoutError
+from .engine_loop import EngineLoop, Job, QueueFullError, RequestTimeoutError, deliver_now
 from .errors import (
     ApiError,
     BodyTimeoutError,
@@ -98,6 +99,7 @@ def create_app(settings: ServerSettings | None = None, *, tipo: TIPO | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loop.deliver = _deliver_on(asyncio.get_running_loop())
         loop.start()
         try:
             yield
@@ -207,7 +209,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         backend = tipo.backend
         engine = getattr(backend, "engine", None)
         entry = {
-            "id": tipo.model_name,
+            "id": public_model_id(tipo.model_name),
             "object": "model",
             "backend": backend.name,
             "format": getattr(engine, "format", None) or settings.dtype,
@@ -241,7 +243,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         body = _parse(ExpandBody, await read_body(request, settings))
         requests = expand_requests(body, settings)
         events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
-        job = Job(requests, _threadsafe_put(events), time.monotonic() + settings.timeout)
+        job = Job(requests, _put(events), time.monotonic() + settings.timeout)
         try:
             state.loop.submit(job)
         except QueueFullError as error:
@@ -255,6 +257,12 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         metrics.requests.labels("200").inc()
         metrics.latency.observe(time.perf_counter() - started)
         return JSONResponse(outcome if body.variants > 1 else outcome[0])
+
+
+def public_model_id(name: str) -> str:
+    """A Hub id as it is; a local path by its last part (clients need not see server paths)."""
+    path = Path(name)
+    return path.name if path.is_absolute() or path.exists() else name
 
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -309,7 +317,9 @@ def _parse(model: type[Any], raw: bytes) -> Any:
                 f"the body is not valid JSON: {problems[0]['msg']}",
                 hint="send one JSON object",
             ) from None
-        raise InvalidRequestError(_validation_message(problems)) from None
+        raise InvalidRequestError(
+            _validation_message(problems), hint="the request fields are listed at /docs"
+        ) from None
 
 
 def _retry_after(metrics: ServerMetrics) -> int:
@@ -323,15 +333,19 @@ def _sample_value(metrics: ServerMetrics, name: str) -> float:
     return metrics.registry.get_sample_value(name) or 0.0
 
 
-def _threadsafe_put(events: asyncio.Queue[Any]) -> Any:
-    """An ``emit`` the engine thread can call: it hands the event to this request's loop."""
-    loop = asyncio.get_running_loop()
+def _deliver_on(event_loop: asyncio.AbstractEventLoop) -> Any:
+    """The engine loop's ``deliver``: one hop to the event loop per engine turn, whatever the
+    number of events (a per-event hop costs a wake-up each, on cores the model needs)."""
 
-    def emit(name: str, data: dict[str, Any]) -> None:
+    def deliver(batch: list[Any]) -> None:
         with contextlib.suppress(RuntimeError):  # the event loop is closing: nobody listens
-            loop.call_soon_threadsafe(events.put_nowait, (name, data))
+            event_loop.call_soon_threadsafe(deliver_now, batch)
 
-    return emit
+    return deliver
+
+
+def _put(events: asyncio.Queue[Any]) -> Any:
+    return lambda name, data: events.put_nowait((name, data))
 
 
 async def _events(
@@ -415,15 +429,13 @@ async def _sse(
     metrics: ServerMetrics,
 ) -> AsyncIterator[str]:
     """The event stream. Starlette cancels this generator when the client disconnects: the
-    ``finally`` then cancels the job, and the engine frees its sequences at its next step."""
+    ``finally`` then cancels the job, and the engine frees its sequences at its next step.
+    Events waiting together go out in one write (one engine step's tokens of all variants)."""
     status, first = 200, True
     try:
-        yield _sse_event("start", {"variants": len(seeds), "seeds": seeds})
+        chunk = [_sse_event("start", {"variants": len(seeds), "seeds": seeds})]
         try:
             async for name, data in _events(job, events):
-                if name == "ping":
-                    yield ": ping\n\n"
-                    continue
                 if name == "token" and first:
                     first = False
                     metrics.time_to_first_token.observe(time.perf_counter() - started)
@@ -432,13 +444,18 @@ async def _sse(
                     status, kind = status_and_kind(error)
                     metrics.errors.labels(kind).inc()
                     data = {"variant": data["variant"], **error_body(error)}
-                if name != "cancelled":
-                    yield _sse_event(name, data)
+                if name == "ping":
+                    chunk.append(": ping\n\n")
+                elif name != "cancelled":
+                    chunk.append(_sse_event(name, data))
+                if events.empty():
+                    yield "".join(chunk)
+                    chunk = []
         except TipoError as error:  # the backstop timeout
             status, kind = status_and_kind(error)
             metrics.errors.labels(kind).inc()
-            yield _sse_event("error", {"variant": None, **error_body(error)})
-        yield _sse_event("done", {})
+            chunk.append(_sse_event("error", {"variant": None, **error_body(error)}))
+        yield "".join([*chunk, _sse_event("done", {})])
     finally:
         job.cancel("client")  # no-op once every variant has ended
         metrics.requests.labels(str(status)).inc()

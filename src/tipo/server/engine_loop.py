@@ -36,6 +36,13 @@ log = logging.getLogger("tipo.server")
 
 # (event name, JSON-able data); see the README's "Streaming" table for the names.
 Emit = Callable[[str, dict[str, Any]], None]
+Event = tuple["Job", str, dict[str, Any]]
+
+
+def deliver_now(events: list[Event]) -> None:
+    """Hand each event to its job, on the calling thread."""
+    for job, name, data in events:
+        job.emit(name, data)
 
 
 class QueueFullError(TipoError):
@@ -49,8 +56,9 @@ class RequestTimeoutError(TipoError):
 class Job:
     """One HTTP request: its variants, where their events go, and whether to stop.
 
-    ``emit`` is called from the engine thread and must be thread-safe. ``cancel`` may be called
-    from any thread; the loop ends the job's sequences at its next turn."""
+    ``emit`` receives the job's events through the loop's ``deliver`` (by default called on the
+    engine thread; the server hands each turn's events to its event loop at once). ``cancel``
+    may be called from any thread; the loop ends the job's sequences at its next turn."""
 
     def __init__(self, requests: list[ExpandRequest], emit: Emit, deadline: float) -> None:
         self.requests = requests
@@ -75,8 +83,8 @@ class _Variant:
     token_ids: list[int] = field(default_factory=list)
     text: str = ""  # the in-flight generation's text as streamed so far
 
-    def send(self, name: str, data: dict[str, Any]) -> None:
-        self.job.emit(name, {"variant": self.index, **data})
+    def send(self, outbox: list[Event], name: str, data: dict[str, Any]) -> None:
+        outbox.append((self.job, name, {"variant": self.index, **data}))
 
 
 class RoundStepper:
@@ -136,6 +144,9 @@ class EngineLoop:
         self.capacity = max_batch + max_queue  # sequences admitted at once
         self.stats = LoopStats()
         self.on_tokens: Callable[[int], None] | None = None  # metrics hook
+        # Called once per turn with the turn's events (a server hops to its event loop once).
+        self.deliver: Callable[[list[Event]], None] = deliver_now
+        self._outbox: list[Event] = []
         self._inbox: SimpleQueue[Job] = SimpleQueue()
         self._admitted = 0  # variants submitted and not finished
         self._lock = threading.Lock()
@@ -192,6 +203,7 @@ class EngineLoop:
             except Exception:  # a bug must not kill the loop: fail what is in flight, go on
                 log.exception("engine loop error")
                 self._fail_in_flight(BackendError("internal error in the engine loop"))
+                self._flush()
             if not self._in_flight and not self._ready:
                 self._wake.wait(0.25)
         self._cancel_everything()
@@ -204,11 +216,19 @@ class EngineLoop:
             log.exception("warm-up failed")
 
     def _turn(self) -> None:
-        self._take_new_jobs()
-        self._drop_stopped()
-        self._feed()
-        if self._in_flight:
-            self._step()
+        try:
+            self._take_new_jobs()
+            self._drop_stopped()
+            self._feed()
+            if self._in_flight:
+                self._step()
+        finally:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._outbox:
+            events, self._outbox = self._outbox, []
+            self.deliver(events)
 
     def _take_new_jobs(self) -> None:
         while True:
@@ -262,7 +282,8 @@ class EngineLoop:
             pending = variant.run.pending
             assert pending is not None
             task = pending.step.task.value if pending.step.task else "tag"
-            variant.send("step", {"step": variant.step, "task": task, "prompt": pending.prompt})
+            data = {"step": variant.step, "task": task, "prompt": pending.prompt}
+            variant.send(self._outbox, "step", data)
 
     def _step(self) -> None:
         try:
@@ -307,10 +328,11 @@ class EngineLoop:
         sent = variant.text
         common = len(sent) if text.startswith(sent) else _common_prefix(sent, text)
         if common < len(sent):
-            variant.send("rollback", {"step": variant.step, "chars": len(sent) - common})
+            data = {"step": variant.step, "chars": len(sent) - common}
+            variant.send(self._outbox, "rollback", data)
         if len(text) > common:
             data = {"step": variant.step, "text": text[common:], "tokens": new_tokens}
-            variant.send("token", data)
+            variant.send(self._outbox, "token", data)
         variant.text = text
 
     def _finish_step(self, variant: _Variant, generation: Generation) -> None:
@@ -320,7 +342,7 @@ class EngineLoop:
             self._end(variant.job, variant.index, error=error)
             return
         record = variant.run.records[-1]
-        variant.send("step_end", {"step": variant.step, "record": asdict(record)})
+        variant.send(self._outbox, "step_end", {"step": variant.step, "record": asdict(record)})
         variant.step += 1
         variant.handle = None
         self._ready.append(variant)
@@ -345,11 +367,11 @@ class EngineLoop:
         """A variant is over: send its outcome and free its place. An error is sent as the
         exception itself: the server maps its class to an HTTP status and kind."""
         if error is not None:
-            job.emit("error", {"variant": index, "error": error})
+            self._outbox.append((job, "error", {"variant": index, "error": error}))
         elif result is not None:
-            job.emit("result", {"variant": index, "result": result})
+            self._outbox.append((job, "result", {"variant": index, "result": result}))
         else:
-            job.emit("cancelled", {"variant": index})
+            self._outbox.append((job, "cancelled", {"variant": index}))
         with self._lock:
             self._admitted -= 1
 
@@ -357,6 +379,7 @@ class EngineLoop:
         for variant in [*self._ready, *self._in_flight.values()]:
             self._end(variant.job, variant.index, error=BackendError("the server is shutting down"))
         self._ready, self._in_flight = [], {}
+        self._flush()
 
 
 def _common_prefix(a: str, b: str) -> int:
