@@ -169,15 +169,21 @@ def test_length_targets_hold_and_fail_without_the_grammar(tipo, length):
     ), counts
 
 
+# A random model's logits are nearly flat: top-k and min-p then cut through near-ties that any
+# rounding difference (another batch shape, a prompt-cache hit) flips. A trained model's cut is
+# far from ties; here sampling is left unfiltered to keep only the seed's say.
+UNFILTERED = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
+
+
 @pytest.mark.e2e
 def test_variants_are_reproducible_one_call_at_a_time(engine, remote_checkpoint):
     """Same seeds, same prompts, when the server's batches are the same: our calls one at a
-    time on an idle server. Concurrent calls batch together by timing, and both engines'
-    kernels round differently per batch shape (on a random model's near-ties that shows)."""
+    time on an idle server (concurrent calls batch together by timing, and both engines'
+    kernels round differently per batch shape)."""
     with TIPO.load(
         remote_checkpoint[0], backend="openai", url=engine[1].url, max_concurrency=1
     ) as tipo:
-        request = ExpandRequest.create(tags="1girl", seed=21, tag_length="very_short")
+        request = ExpandRequest.create(tags="1girl", seed=21, tag_length="very_short", **UNFILTERED)
         first = [r.prompt for r in tipo.variants(request, 3)]
         assert [r.prompt for r in tipo.variants(request, 3)] == first
     assert len(set(first)) == 3
@@ -189,7 +195,7 @@ def test_group_of_n_gives_variant_i_the_seed_plus_i(tipo, count):
     """Identical requests go as one call (llama.cpp: in chunks of its 4 slots, seeds going
     on); variant i equals the same request sent alone with seed + i."""
     ids = tuple(tipo.tokenizer.encode("target: <|short|>\ntag: 1girl"))
-    sampling = SamplingParams(temperature=1.0, max_new_tokens=12)
+    sampling = SamplingParams(max_new_tokens=12, **UNFILTERED)
     group = tipo.backend.generate([GenerationRequest(ids, sampling, 500 + i) for i in range(count)])
     assert len({tuple(g.token_ids) for g in group}) == count
     for i in (1, count - 1):
@@ -497,3 +503,34 @@ def test_identical_requests_on_one_replica_are_one_call_with_the_first_seed():
     calls = backend._plan_calls([same[0], other, same[1]])
     assert [(c.indices, c.seed) for c in calls] == [((0, 2), 40), ((1,), 3)]
     assert calls[0].replica is calls[1].replica
+
+
+def test_llamacpp_reply_cut_at_the_stop_newline():
+    """llama.cpp returns the tokens that wrote a stop string (seen: stop ", c" gave the ids of
+    " ab, c" and the text " ab"); the ids are cut before the newline token."""
+    backend = _offline_backend(["http://10.0.0.1:8000/v1"])
+    dialect = remote._LlamaCpp(backend)
+    head = backend.tokenizer.encode_fragment(" ab, cd")
+    reply = {"index": 0, "content": " ab, cd", "tokens": [*head, 13, 4039], "stop_type": "word",
+             "tokens_evaluated": 9, "timings": {"prompt_ms": 2.0, "predicted_ms": 5.0}}  # fmt: skip
+    (choice,) = dialect.choices(reply)
+    call = remote._Call(
+        (0,), GenerationRequest((1, 2), SamplingParams(), 0), None, backend.replicas[0], 0
+    )
+    generation = backend._generation(call, choice, 1.0)
+    assert generation.token_ids == head and generation.finish_reason == "stop"
+    assert generation.extra["server_prompt_tokens"] == 9
+    assert generation.decode_seconds == pytest.approx(0.005)
+
+
+def test_eos_in_the_ids_is_dropped_and_reported():
+    backend = _offline_backend(["http://10.0.0.1:8000/v1"])
+    dialect = remote._Vllm(backend)
+    reply = {"choices": [{"index": 0, "text": " a", "token_ids": [263, 2], "finish_reason": "stop",
+                          "stop_reason": None, "prompt_token_ids": [1, 2, 3]}]}  # fmt: skip
+    (choice,) = dialect.choices(reply)
+    call = remote._Call(
+        (0,), GenerationRequest((1, 2, 3), SamplingParams(), 0), None, backend.replicas[0], 0
+    )
+    generation = backend._generation(call, choice, 1.0)
+    assert (generation.token_ids, generation.finish_reason) == ([263], "eos")

@@ -3,7 +3,8 @@
 ``TIPO.load(model, backend="openai", url="http://host:8000/v1")``: the local ``model`` gives the
 tokenizer (the checkpoint the server serves); every generation is one HTTP call. Reading order:
 ``RemoteBackend.generate`` -> ``_plan_calls`` (group, route) -> ``_Dialect`` subclasses (one
-request body and one reply parser per engine) -> ``_Replica.post`` (HTTP, retries, errors).
+request body and one reply parser per engine) -> ``_Replica.request`` (HTTP, retries,
+errors). ``load`` connects and detects the engines.
 
 * Prompts are the training-time token ids, never text, and the engine's token ids come back
   (vLLM and SGLang ``return_token_ids``; llama.cpp's native ``/completion`` with
@@ -25,7 +26,6 @@ request body and one reply parser per engine) -> ``_Replica.post`` (HTTP, retrie
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -69,7 +69,6 @@ class _Replica:
     model: str | None = None
     context_length: int | None = None
     max_n: int | None = None  # llama.cpp: n is limited to its slots
-    calls: int = 0  # calls sent, for tests and logs
 
     @property
     def root(self) -> str:
@@ -332,7 +331,6 @@ class RemoteBackend:
         # Control and TIPO tokens never appear inside a field (the local constraint's rule).
         self.banned_ids = sorted(tokenizer.special_ids - {tokenizer.eos_id})
         self._pool: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
         self._closed = False
 
     # -- generate ---------------------------------------------------------------------------
@@ -424,8 +422,6 @@ class RemoteBackend:
             size = min(chunk, n - offset)
             body = replica.dialect.body(call, size, call.seed + offset)
             started = time.perf_counter()
-            with self._lock:
-                replica.calls += 1
             reply = replica.request("POST", replica.url_for(replica.dialect.path), body)
             seconds = time.perf_counter() - started
             choices = replica.dialect.choices(reply)
