@@ -614,7 +614,7 @@ def _props_dialect(replica: _Replica) -> str:
         return "llamacpp"
     raise BackendError(
         f"cannot tell which engine serves {replica.url}",
-        hint="pass dialect='vllm', 'sglang' or 'llamacpp' (--remote-dialect)",
+        hint="pass dialect='vllm', 'sglang' or 'llamacpp' to TIPO.load",
     )
 
 
