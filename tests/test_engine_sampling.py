@@ -12,6 +12,7 @@ from tipo.engine.sampler import (  # noqa: E402
     apply_repetition_penalty,
     choose,
     draw,
+    top_candidates,
     warp_full,
 )
 from tipo.sampling import SamplingParams  # noqa: E402
@@ -62,6 +63,20 @@ def test_ties_at_the_kth_value_are_kept_like_transformers() -> None:
     logits = torch.randn(2, VOCAB, generator=torch.Generator().manual_seed(3))
     logits[:, :200] = 5.0  # 200 ids tie with the 60th largest value
     params = SamplingParams(temperature=1.0, top_k=60, top_p=1.0, min_p=0.0)
+    expected = transformers_warp(logits.clone(), params)
+    assert torch.equal(torch.isinf(warp_full(logits, params)), torch.isinf(expected))
+
+
+def test_a_row_masked_below_top_k_keeps_to_its_candidates() -> None:
+    """Regression: a constraint that leaves fewer than top_k tokens made the k-th value -inf,
+    which "tied" with all 32k masked ids, and every step then sorted the whole vocabulary."""
+    logits = torch.full((2, VOCAB), float("-inf"))
+    logits[:, [5, 9, 11]] = torch.tensor([1.0, 2.0, 0.5])
+    params = SamplingParams(temperature=1.0, top_k=60, top_p=1.0, min_p=0.0)
+    batch = SamplingBatch.build([params] * 2, VOCAB, logits.device)
+    values, ids = top_candidates(logits, batch)
+    assert values.shape[1] < VOCAB  # the candidates, not a sort of the vocabulary
+    assert ids[:, :3].tolist() == [[9, 5, 11]] * 2 and torch.isinf(values[:, 3:]).all()
     expected = transformers_warp(logits.clone(), params)
     assert torch.equal(torch.isinf(warp_full(logits, params)), torch.isinf(expected))
 

@@ -102,7 +102,9 @@ def top_candidates(logits: Tensor, batch: SamplingBatch) -> tuple[Tensor, Tensor
     values, ids = logits.topk(count, dim=-1)
     values = values / batch.temperature
     kth = values.gather(1, batch.top_k - 1)  # [B, 1] the k-th largest value per row
-    if count < vocab and bool((values[:, -1:] >= kth).any()):
+    # A k-th value of -inf (a constraint left fewer than k tokens) ties with every masked
+    # token, but those stay filtered: no need to look past the candidates.
+    if count < vocab and bool(((values[:, -1:] >= kth) & (kth > float("-inf"))).any()):
         # ties run past the candidates: all of them, as transformers would see them
         values, ids = (logits / batch.temperature).sort(dim=-1, descending=True)
     values = values.masked_fill(values < kth, float("-inf"))  # top-k, ties kept
