@@ -470,6 +470,7 @@ _SERVE_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("tag_csv", str, "tag CSV (SD-WebUI autocomplete format) for aliases"),
     ("url", str, "openai backend: server URL(s) ending in /v1, comma-separated"),
     ("remote_api_key", str, "openai backend: the remote servers' API key"),
+    ("remote_dialect", str, "openai backend: auto (default), vllm, sglang or llamacpp"),
     ("host", str, "address to listen on (default 127.0.0.1: this machine only)"),
     ("port", int, "port (default 8000)"),
     ("api_key", str, "require 'Authorization: Bearer <key>' on /v1 and /metrics"),
@@ -494,6 +495,12 @@ def _add_serve_parser(commands: Any) -> None:
     serve.add_argument(
         "--offline", action="store_true", default=None, help="never touch the network"
     )
+    serve.add_argument(
+        "--remote-llguidance",
+        action="store_true",
+        default=None,
+        help="openai backend: the servers run llguidance (vocabulary and bans as grammar)",
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -505,6 +512,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise MissingDependencyError.for_extra("fastapi", "server", "tipo serve") from None
     given = {name: getattr(args, name) for name, _, _ in _SERVE_FLAGS}
     given["offline"] = args.offline
+    given["remote_llguidance"] = args.remote_llguidance
     try:
         settings = ServerSettings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as error:

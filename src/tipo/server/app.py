@@ -80,6 +80,7 @@ def load_tipo(settings: ServerSettings) -> TIPO:
         options["max_batch"] = settings.max_batch
     if backend == "openai":
         options.update(url=list(settings.url), timeout=settings.timeout)
+        options.update(dialect=settings.remote_dialect, llguidance=settings.remote_llguidance)
         if settings.remote_api_key is not None:
             options["api_key"] = settings.remote_api_key.get_secret_value()
     return TIPO.load(checkpoint, backend=backend, device=settings.device, dtype=settings.dtype,

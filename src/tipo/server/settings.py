@@ -25,6 +25,10 @@ class ServerSettings(BaseSettings):
     tag_csv: str | None = Field(None, description="tag CSV (SD-WebUI autocomplete format)")
     url: CommaList = Field((), description="openai backend: server URL(s) ending in /v1")
     remote_api_key: SecretStr | None = Field(None, description="openai backend: its API key")
+    remote_dialect: str = Field("auto", description="openai backend: vllm, sglang or llamacpp")
+    remote_llguidance: bool = Field(
+        False, description="openai backend: the servers run llguidance (vocabulary, bans)"
+    )
 
     # -- network and security ---------------------------------------------------------------------
     host: str = "127.0.0.1"
