@@ -27,7 +27,7 @@ from remote_servers import (
     start_vllm,
 )
 from tipo import TIPO, ExpandRequest
-from tipo.backends import remote
+from tipo.backends import remote, remote_dialects
 from tipo.backends.base import GenerationRequest
 from tipo.errors import BackendError, InvalidRequestError
 from tipo.postprocess import split_sentences
@@ -332,7 +332,7 @@ def test_timeout_is_a_backend_error(llama_server, remote_checkpoint):
 
 @pytest.mark.e2e
 def test_server_rejection_carries_its_message(llama_server, remote_checkpoint, monkeypatch):
-    monkeypatch.setattr(remote, "to_gbnf", lambda spec: "root ::= [")
+    monkeypatch.setattr(remote_dialects, "to_gbnf", lambda spec: "root ::= [")
     with (
         TIPO.load(remote_checkpoint[0], backend="openai", url=llama_server.url) as tipo,
         pytest.raises(BackendError, match=r"answered 400: .*grammar"),
@@ -509,12 +509,12 @@ def test_llamacpp_reply_cut_at_the_stop_newline():
     """llama.cpp returns the tokens that wrote a stop string (seen: stop ", c" gave the ids of
     " ab, c" and the text " ab"); the ids are cut before the newline token."""
     backend = _offline_backend(["http://10.0.0.1:8000/v1"])
-    dialect = remote._LlamaCpp(backend)
+    dialect = remote_dialects.LlamaCpp(backend)
     head = backend.tokenizer.encode_fragment(" ab, cd")
     reply = {"index": 0, "content": " ab, cd", "tokens": [*head, 13, 4039], "stop_type": "word",
              "tokens_evaluated": 9, "timings": {"prompt_ms": 2.0, "predicted_ms": 5.0}}  # fmt: skip
     (choice,) = dialect.choices(reply)
-    call = remote._Call(
+    call = remote_dialects.Call(
         (0,), GenerationRequest((1, 2), SamplingParams(), 0), None, backend.replicas[0], 0
     )
     generation = backend._generation(call, choice, 1.0)
@@ -525,11 +525,11 @@ def test_llamacpp_reply_cut_at_the_stop_newline():
 
 def test_eos_in_the_ids_is_dropped_and_reported():
     backend = _offline_backend(["http://10.0.0.1:8000/v1"])
-    dialect = remote._Vllm(backend)
+    dialect = remote_dialects.Vllm(backend)
     reply = {"choices": [{"index": 0, "text": " a", "token_ids": [263, 2], "finish_reason": "stop",
                           "stop_reason": None, "prompt_token_ids": [1, 2, 3]}]}  # fmt: skip
     (choice,) = dialect.choices(reply)
-    call = remote._Call(
+    call = remote_dialects.Call(
         (0,), GenerationRequest((1, 2, 3), SamplingParams(), 0), None, backend.replicas[0], 0
     )
     generation = backend._generation(call, choice, 1.0)

@@ -1,10 +1,13 @@
 """Remote serving engines: our planner in front of vLLM, SGLang or llama.cpp's ``llama-server``.
 
 ``TIPO.load(model, backend="openai", url="http://host:8000/v1")``: the local ``model`` gives the
-tokenizer (the checkpoint the server serves); every generation is one HTTP call. Reading order:
-``RemoteBackend.generate`` -> ``_plan_calls`` (group, route) -> ``_Dialect`` subclasses (one
-request body and one reply parser per engine) -> ``_Replica.request`` (HTTP, retries,
-errors). ``load`` connects and detects the engines.
+tokenizer (the checkpoint the server serves); every generation is one HTTP call. This file holds
+the backend: replicas and HTTP, grouping, routing, concurrent calls, ``Generation`` building,
+``load`` and its option checks. What differs per engine (request bodies, grammar fields, reply
+parsing, detection) is in ``remote_dialects.py``. Reading order: ``RemoteBackend.generate`` ->
+``_plan_calls`` (group, route) -> ``remote_dialects.Dialect`` subclasses (one request body and
+one reply parser per engine) -> ``_Replica.request`` (HTTP, retries, errors). ``load`` connects
+and detects the engines.
 
 * Prompts are the training-time token ids, never text, and the engine's token ids come back
   (vLLM and SGLang ``return_token_ids``; llama.cpp's native ``/completion`` with
@@ -29,30 +32,28 @@ import hashlib
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..checkpoints import Checkpoint
 from ..constraints.fields import FieldConstraint
-from ..constraints.grammar import (
-    SENTENCE_CHARS,
-    TAG_CHARS,
-    ContinuationSpec,
-    continuation_spec,
-    to_gbnf,
-    to_lark,
-    to_regex,
-)
+from ..constraints.grammar import SENTENCE_CHARS, TAG_CHARS, ContinuationSpec, continuation_spec
 from ..errors import BackendError, InvalidRequestError, MissingDependencyError
 from ..tokenizer import TipoTokenizer
 from .base import Capabilities, FinishReason, Generation, GenerationRequest, TokenCallback
+from .remote_dialects import (
+    DIALECT_CLASSES,
+    DIALECTS,
+    Call,
+    Choice,
+    Dialect,
+    detect_dialect,
+    llamacpp_slots,
+)
 
-DIALECTS = ("vllm", "sglang", "llamacpp")
 DEFAULT_TIMEOUT = 120.0
 CONNECT_RETRIES = 2
 _NATIVE_PATHS = ("/completion", "/props")  # llama.cpp's own endpoints, at the server's root
-# llama.cpp applies the samplers in this order (transformers' order, as our other backends).
-LLAMACPP_SAMPLERS = ["penalties", "temperature", "top_k", "top_p", "min_p"]
 
 
 # --- HTTP ---------------------------------------------------------------------------------------
@@ -65,7 +66,7 @@ class _Replica:
     url: str
     client: Any  # httpx.Client
     connect_retries: int = CONNECT_RETRIES
-    dialect: _Dialect | None = None
+    dialect: Dialect | None = None
     model: str | None = None
     context_length: int | None = None
     max_n: int | None = None  # llama.cpp: n is limited to its slots
@@ -130,168 +131,6 @@ def _status_hint(status: int) -> str | None:
     if status == 404:
         return "the url must be the server's OpenAI base, ending in /v1"
     return None
-
-
-# --- engines ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Call:
-    """One HTTP call: ``n`` variants of one prompt (requests ``indices``), seeds seed..seed+n-1."""
-
-    indices: tuple[int, ...]
-    request: GenerationRequest
-    spec: ContinuationSpec | None
-    replica: _Replica
-    seed: int
-
-
-@dataclass
-class _Choice:
-    token_ids: list[int] | None
-    text: str
-    finish: str  # the engine's word
-    stopped_by_string: bool = False
-    timings: dict[str, float] = field(default_factory=dict)
-    prompt_tokens: int | None = None  # as the server counted them (a second BOS would show)
-
-
-class _Dialect:
-    """How one engine takes a completion call and gives it back."""
-
-    name = ""
-    path = "/completions"
-
-    def __init__(self, backend: RemoteBackend) -> None:
-        self.backend = backend
-
-    def body(self, call: _Call, n: int, seed: int) -> dict[str, Any]:
-        s = call.request.sampling
-        body: dict[str, Any] = {
-            "prompt": list(call.request.prompt_ids),
-            "n": n,
-            "seed": seed % 2**62,  # variants add their index: stay within int64
-            "max_tokens": s.max_new_tokens,
-            "temperature": s.temperature,
-            "top_p": s.top_p,
-            "top_k": s.top_k or -1,
-            "min_p": s.min_p,
-            "repetition_penalty": s.repetition_penalty,
-            "return_token_ids": True,
-            "logit_bias": {str(i): -100 for i in self.backend.banned_ids},
-        }
-        if call.replica.model:
-            body["model"] = call.replica.model
-        if call.spec is not None and call.spec.ends_at_newline:
-            body["stop"] = ["\n"]
-        body.update(self.grammar(call.spec))
-        return body
-
-    def grammar(self, spec: ContinuationSpec | None) -> dict[str, Any]:
-        return {}
-
-    def choices(self, reply: Any) -> list[_Choice]:
-        choices = sorted(reply.get("choices", []), key=lambda c: c.get("index", 0))
-        return [self._choice(c) for c in choices]
-
-    def _choice(self, choice: dict[str, Any]) -> _Choice:
-        stop = choice.get("stop_reason", choice.get("matched_stop"))
-        prompt = choice.get("prompt_token_ids")
-        return _Choice(
-            choice.get("token_ids"),
-            choice.get("text", ""),
-            choice.get("finish_reason") or "stop",
-            stopped_by_string=isinstance(stop, str),
-            prompt_tokens=len(prompt) if isinstance(prompt, list) else None,
-        )
-
-
-class _Vllm(_Dialect):
-    """vLLM: ``structured_outputs`` (the old ``guided_*`` fields are silently ignored)."""
-
-    name = "vllm"
-
-    def grammar(self, spec: ContinuationSpec | None) -> dict[str, Any]:
-        if spec is None or not self.backend.use_grammar:
-            return {}
-        if self.backend.llguidance:
-            return {"structured_outputs": {"grammar": to_lark(spec)}}
-        return {"structured_outputs": {"regex": to_regex(spec)}}
-
-
-class _Sglang(_Dialect):
-    """SGLang: top-level ``regex`` / ``ebnf``."""
-
-    name = "sglang"
-
-    def grammar(self, spec: ContinuationSpec | None) -> dict[str, Any]:
-        if spec is None or not self.backend.use_grammar:
-            return {}
-        if self.backend.llguidance:
-            return {"ebnf": to_lark(spec)}
-        return {"regex": to_regex(spec)}
-
-
-class _LlamaCpp(_Dialect):
-    """llama-server's native ``/completion``: token ids back, ``n`` up to its slot count,
-    ``logit_bias`` false = banned, GBNF or (LLGuidance builds) ``%llguidance`` Lark."""
-
-    name = "llamacpp"
-    path = "/completion"
-
-    def body(self, call: _Call, n: int, seed: int) -> dict[str, Any]:
-        s = call.request.sampling
-        body: dict[str, Any] = {
-            "prompt": list(call.request.prompt_ids),
-            "n": n,
-            "seed": seed % (2**32 - 1),  # 2**32 - 1 would mean "random"
-            "n_predict": s.max_new_tokens,
-            "temperature": s.temperature,
-            "top_p": s.top_p,
-            "top_k": s.top_k,
-            "min_p": s.min_p,
-            "repeat_penalty": s.repetition_penalty,
-            # The whole context, as transformers (-1 is refused by the server).
-            "repeat_last_n": call.replica.context_length or 4096,
-            "samplers": LLAMACPP_SAMPLERS,
-            "return_tokens": True,
-            "cache_prompt": True,
-            "logit_bias": [[i, False] for i in self.backend.banned_ids],
-        }
-        if call.spec is not None and call.spec.ends_at_newline:
-            body["stop"] = ["\n"]
-        if call.spec is not None and self.backend.use_grammar:
-            lark = self.backend.llguidance
-            body["grammar"] = (
-                f"%llguidance {{}}\n{to_lark(call.spec)}" if lark else to_gbnf(call.spec)
-            )
-        return body
-
-    def choices(self, reply: Any) -> list[_Choice]:
-        items = reply if isinstance(reply, list) else [reply]
-        items = sorted(items, key=lambda c: c.get("index", 0))
-        return [self._choice(c) for c in items]
-
-    def _choice(self, choice: dict[str, Any]) -> _Choice:
-        stop_type = choice.get("stop_type", "")
-        finish = {"eos": "stop", "limit": "length", "word": "stop"}.get(stop_type, "stop")
-        timings = choice.get("timings") or {}
-        seconds = {
-            "prefill_seconds": float(timings.get("prompt_ms", 0.0)) / 1000,
-            "decode_seconds": float(timings.get("predicted_ms", 0.0)) / 1000,
-        }
-        evaluated = choice.get("tokens_evaluated")
-        return _Choice(
-            choice.get("tokens"),
-            choice.get("content", ""),
-            finish,
-            stop_type == "word",
-            seconds,
-            int(evaluated) if evaluated is not None else None,
-        )
-
-
-_DIALECTS: dict[str, type[_Dialect]] = {"vllm": _Vllm, "sglang": _Sglang, "llamacpp": _LlamaCpp}
 
 
 # --- the backend --------------------------------------------------------------------------------
@@ -363,7 +202,7 @@ class RemoteBackend:
                 hint="shorten the prompt",
             )
 
-    def _plan_calls(self, requests: Sequence[GenerationRequest]) -> list[_Call]:
+    def _plan_calls(self, requests: Sequence[GenerationRequest]) -> list[Call]:
         """Route every request, then make one call of the requests that go to the same replica
         with the same prompt, sampling and grammar (variants: the engine runs the prompt once).
         Routing first keeps each request on its replica at every step."""
@@ -380,9 +219,7 @@ class RemoteBackend:
         for indices in groups.values():
             first = indices[0]
             request = requests[first]
-            calls.append(
-                _Call(tuple(indices), request, specs[first], replicas[first], request.seed)
-            )
+            calls.append(Call(tuple(indices), request, specs[first], replicas[first], request.seed))
         return calls
 
     def _spec(self, request: GenerationRequest) -> ContinuationSpec | None:
@@ -411,7 +248,7 @@ class RemoteBackend:
 
         return max(self.replicas, key=score)
 
-    def _run_call(self, call: _Call) -> list[Generation]:
+    def _run_call(self, call: Call) -> list[Generation]:
         """The call's n variants; llama.cpp's n is capped by its slots, so larger groups go
         as several calls with seeds continuing where the previous one stopped."""
         replica, n = call.replica, len(call.indices)
@@ -432,7 +269,7 @@ class RemoteBackend:
             generations += [self._generation(call, c, seconds) for c in choices]
         return generations
 
-    def _generation(self, call: _Call, choice: _Choice, seconds: float) -> Generation:
+    def _generation(self, call: Call, choice: Choice, seconds: float) -> Generation:
         extra: dict[str, float] = {"replica": float(self.replicas.index(call.replica))}
         if choice.prompt_tokens is not None:
             extra["server_prompt_tokens"] = float(choice.prompt_tokens)
@@ -584,38 +421,23 @@ def _urls(value: str | Sequence[str] | None) -> list[str]:
 
 
 def _probe(replica: _Replica, dialect: str, backend: RemoteBackend) -> None:
-    """Which engine serves ``replica``, its model name and context; llama.cpp's slots.
-
-    Detection: ``GET …/v1/models`` names the owner (``owned_by`` "vllm", "sglang" or
-    "llamacpp"); failing that, a server whose ``GET /props`` has
-    ``default_generation_settings`` is llama.cpp."""
+    """Which engine serves ``replica`` (``remote_dialects.detect_dialect``), its model name and
+    context; llama.cpp's slots."""
     listing = replica.request("GET", replica.url_for("/models"))
     cards = (listing.get("data") or [{}]) if isinstance(listing, dict) else [{}]
     card = cards[0] if isinstance(cards[0], dict) else {}
     replica.model = card.get("id")
     replica.context_length = card.get("max_model_len")
+
+    def props() -> Any:
+        return replica.request("GET", replica.url_for("/props"))
+
     if dialect == "auto":
-        owner = str(card.get("owned_by", "")).lower()
-        dialect = next((d for d in DIALECTS if d in owner), "") or _props_dialect(replica)
+        dialect = detect_dialect(replica.url, card, props)
     if dialect == "llamacpp":
-        props = replica.request("GET", replica.url_for("/props"))
-        settings = props.get("default_generation_settings") or {}
-        replica.max_n = int(props.get("total_slots") or 1)
-        replica.context_length = settings.get("n_ctx") or replica.context_length
-    replica.dialect = _DIALECTS[dialect](backend)
-
-
-def _props_dialect(replica: _Replica) -> str:
-    try:
-        props = replica.request("GET", replica.url_for("/props"))
-    except BackendError:
-        props = None
-    if isinstance(props, dict) and "default_generation_settings" in props:
-        return "llamacpp"
-    raise BackendError(
-        f"cannot tell which engine serves {replica.url}",
-        hint="pass dialect='vllm', 'sglang' or 'llamacpp' to TIPO.load",
-    )
+        replica.max_n, slot_context = llamacpp_slots(props())
+        replica.context_length = slot_context or replica.context_length
+    replica.dialect = DIALECT_CLASSES[dialect](backend)
 
 
 def _context_length(checkpoint: Checkpoint, replicas: list[_Replica]) -> int:
