@@ -285,6 +285,7 @@ def test_a_client_that_hangs_up_frees_its_sequences(tiny_checkpoint: Path) -> No
             lines = stream.iter_lines()
             assert any("event: token" in line for line in lines)
         _wait_until_idle(loop)
+        assert 'tipo_requests_total{status="499"} 1.0' in client.get("/metrics").text
         with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the socket
             client.post("/v1/expand", json=body, timeout=0.3)
         _wait_until_idle(loop)

@@ -432,7 +432,7 @@ async def _sse(
     """The event stream. Starlette cancels this generator when the client disconnects: the
     ``finally`` then cancels the job, and the engine frees its sequences at its next step.
     Events waiting together go out in one write (one engine step's tokens of all variants)."""
-    status, first = 200, True
+    status, first, finished = 200, True, False
     try:
         chunk = [_sse_event("start", {"variants": len(seeds), "seeds": seeds})]
         try:
@@ -457,9 +457,11 @@ async def _sse(
             metrics.errors.labels(kind).inc()
             chunk.append(_sse_event("error", {"variant": None, **error_body(error)}))
         yield "".join([*chunk, _sse_event("done", {})])
+        finished = True
     finally:
         job.cancel("client")  # no-op once every variant has ended
-        metrics.requests.labels(str(status)).inc()
+        # 499: the client closed the stream first (nginx's code for it)
+        metrics.requests.labels(str(status) if finished else "499").inc()
         metrics.latency.observe(time.perf_counter() - started)
 
 
