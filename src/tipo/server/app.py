@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import math
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -52,7 +52,6 @@ from .schemas import ExpandBody, ProtocolBody
 from .security import ApiKeyCheck, SecurityHeaders
 from .settings import ServerSettings
 
-log = logging.getLogger("tipo.server")
 PING_SECONDS = 15.0  # an SSE comment this often keeps proxies from closing a quiet stream
 TERMINAL_EVENTS = ("result", "error", "cancelled")
 
@@ -469,13 +468,20 @@ def _sse_event(name: str, data: dict[str, Any]) -> str:
     return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def serve(settings: ServerSettings) -> None:
     """Load the model, then serve until interrupted (``tipo serve``)."""
     import uvicorn
 
     app = create_app(settings)
-    log.info("serving %s on http://%s:%s", settings.model or "the default model",
-             settings.host, settings.port)  # fmt: skip
+    url = f"http://{settings.host}:{settings.port}"
+    print(f"tipo serve: {settings.model or 'the default model'} at {url}/ (API: {url}/docs)",
+          file=sys.stderr)  # fmt: skip
+    if settings.host not in LOOPBACK and settings.api_key is None:
+        print(f"tipo serve: warning: listening on {settings.host} without --api-key: anyone "
+              "who can reach this port can use the model", file=sys.stderr)  # fmt: skip
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
                 timeout_graceful_shutdown=5)  # fmt: skip
 
