@@ -108,6 +108,14 @@ def test_golden_danbooru_gen_meta_moves_lines_to_the_end() -> None:
     assert s.gen_meta
 
 
+def test_gen_meta_with_one_line_moves_it_to_the_end() -> None:
+    # M = 1: k = int(min(max(1, 0.5), 0)) = 0, so the only line goes after the content.
+    record = TrainingRecord(source="danbooru", general=("smile", "sky"), rating="general")
+    s = scripted(record, [0.5, 0.5, 0.1, 0.5, 0.9], n_in=1, pick=None)
+    assert s.user == "target: <|very_short|> <|gen_meta|>\ntag: smile"
+    assert s.output == ", sky\nrating: general"
+
+
 def test_golden_danbooru_total_drop_plain_continuation() -> None:
     # total_drop: no prior lines, no general tags in the input (special tags stay), no gen_meta.
     s = scripted(GIRL, [0.05, 0.9], n_in=2, pick=None)

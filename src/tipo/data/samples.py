@@ -13,6 +13,15 @@ Layout (Danbooru; Coyo has no metadata lines, GBC is a fixed short→long pair):
     , outdoors, sky                    <- ... and the output continues it
     long: A girl ...                   <- later fields of the task
     artist: xyz                        <- lines withheld by gen_meta, at the very end
+
+Where the recipe (as documented) is silent, we chose:
+
+* a tag-first sample with no input tags (total_drop without special tags) ends the user part with
+  ``"tag: "`` and the output has no leading ``", "``, so the text never reads ``"tag: , a"``;
+* a Coyo row missing a caption only draws the tasks it can fill (real Coyo rows have both);
+* GBC samples have no tags: their bucket is ``very_short`` (N = 0) and no length token is written;
+* a trimmed caption is re-joined with ``join_sentences`` (sentences split by
+  ``postprocess.split_sentences``, which keeps "1.5" whole); an untrimmed one is kept verbatim.
 """
 
 from __future__ import annotations
