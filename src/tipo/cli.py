@@ -203,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="int8 and bfloat16, batches 1 and 16, 128 tokens, 8 seeds")  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_serve_parser(commands)
+    _add_data_parser(commands)
     templates = commands.add_parser("templates", help="list the output templates")
     templates.add_argument("--show", help="print one template's text")
     return parser
@@ -230,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bench": cmd_bench,
         "templates": cmd_templates,
         "serve": cmd_serve,
+        "data": cmd_data,
     }[args.command]
     try:
         return handler(args)
@@ -519,6 +521,51 @@ def cmd_serve(args: argparse.Namespace) -> int:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         raise InvalidRequestError(f"invalid server settings: {problems}") from None
     serve(settings)
+    return 0
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+def _add_data_parser(commands: Any) -> None:
+    data = commands.add_parser(
+        "data", help="training data: samples as TIPO was trained on, and their statistics"
+    )
+    actions = data.add_subparsers(dest="data_command", required=True, metavar="action")
+    for name, text, count in (
+        ("preview", "show training samples built from a dataset", 5),
+        ("stats", "task, length and drop frequencies of a dataset's samples", 10_000),
+    ):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("dataset", help="kohya image folder, .jsonl, .parquet or HF dataset")
+        action.add_argument("-n", type=int, default=count, help=f"records (default {count})")
+        action.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+        action.add_argument("--tag-csv", help="tag CSV for a kohya folder's tag categories")
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from itertools import islice
+
+    from .data import distribution, format_table, sample_for
+    from .data.readers import read_records
+    from .tags import TagDatabase
+
+    if args.n < 1:
+        raise InvalidRequestError("-n must be at least 1")
+    db = TagDatabase.bundled()
+    if args.tag_csv:
+        db = db.with_csv(args.tag_csv)
+    records = islice(read_records(args.dataset, db), args.n)
+    samples = (sample_for(record, args.seed, i) for i, record in enumerate(records))
+    if args.data_command == "stats":
+        print(format_table(distribution(list(samples))))
+        return 0
+    for index, sample in enumerate(samples):
+        notes = [sample.source, f"task {sample.task or 'none'}", sample.bucket.value]
+        notes.append("loss on all" if sample.train_on_input else "loss on the output")
+        notes += [f for f in ("total_drop", "drop_info", "gen_meta") if getattr(sample, f)]
+        print(f"=== sample {index}: {', '.join(notes)} ===")
+        print(f"{sample.user}\u2502{sample.output}" if sample.user else sample.output)
     return 0
 
 
