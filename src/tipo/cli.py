@@ -510,6 +510,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from pydantic import ValidationError
 
         from .server import ServerSettings, serve
+        from .server.errors import validation_message
     except ImportError:
         raise MissingDependencyError.for_extra("fastapi", "server", "tipo serve") from None
     given = {name: getattr(args, name) for name, _, _ in _SERVE_FLAGS}
@@ -518,7 +519,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = ServerSettings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        problems = validation_message(error.errors())
         raise InvalidRequestError(f"invalid server settings: {problems}") from None
     serve(settings)
     return 0

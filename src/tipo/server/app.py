@@ -45,6 +45,7 @@ from .errors import (
     UnsupportedMediaTypeError,
     error_body,
     status_and_kind,
+    validation_message,
 )
 from .limits import expand_requests
 from .metrics import ServerMetrics
@@ -94,7 +95,7 @@ def create_app(settings: ServerSettings | None = None, *, tipo: TIPO | None = No
     metrics = ServerMetrics()
     loop = EngineLoop(tipo, max_batch=settings.max_batch, max_queue=settings.max_queue)
     loop.on_tokens = metrics.count_tokens
-    metrics.watch(lambda: loop.queue_depth, lambda: loop.stats.batch, lambda: loop.admitted)
+    metrics.watch(lambda: loop.queue_depth, lambda: loop.batch_size, lambda: loop.admitted)
     state = ServerState(settings, tipo, loop, metrics, owns_model)
 
     @asynccontextmanager
@@ -155,7 +156,7 @@ def _add_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        message = _validation_message(error.errors())
+        message = validation_message(error.errors())
         return error_response(InvalidRequestError(message), metrics, request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
@@ -171,14 +172,6 @@ def _add_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
         api = ApiError(str(error.detail))
         api.status = error.status_code
         return error_response(api, metrics, path)
-
-
-def _validation_message(errors: Any) -> str:
-    parts = []
-    for item in list(errors)[:5]:
-        where = ".".join(str(p) for p in item.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {item.get('msg', 'invalid')}")
-    return "; ".join(parts)
 
 
 # -- routes ----------------------------------------------------------------------------------
@@ -318,7 +311,7 @@ def _parse(model: type[Any], raw: bytes) -> Any:
                 hint="send one JSON object",
             ) from None
         raise InvalidRequestError(
-            _validation_message(problems), hint="the request fields are listed at /docs"
+            validation_message(problems), hint="the request fields are listed at /docs"
         ) from None
 
 

@@ -79,7 +79,6 @@ class _Variant:
     index: int
     run: RequestRun
     step: int = 0  # generations started so far
-    handle: int | None = None  # the stepper's handle while a generation is in flight
     token_ids: list[int] = field(default_factory=list)
     text: str = ""  # the in-flight generation's text as streamed so far
 
@@ -127,22 +126,13 @@ def stepper_for(backend: Backend) -> Stepper:
     return make() if callable(make) else RoundStepper(backend)
 
 
-@dataclass
-class LoopStats:
-    """What the loop did, for /metrics (read from other threads; plain numbers)."""
-
-    batch: int = 0  # sequences in the stepper after the last step
-    tokens: int = 0  # tokens generated since start
-    steps: int = 0
-
-
 class EngineLoop:
     def __init__(self, tipo: TIPO, *, max_batch: int, max_queue: int) -> None:
         self.tipo = tipo
         self.stepper = stepper_for(tipo.backend)
         self.max_batch = max_batch
         self.capacity = max_batch + max_queue  # sequences admitted at once
-        self.stats = LoopStats()
+        self.batch_size = 0  # sequences in the stepper after the last step (for /metrics)
         self.on_tokens: Callable[[int], None] | None = None  # metrics hook
         # Called once per turn with the turn's events (a server hops to its event loop once).
         self.deliver: Callable[[list[Event]], None] = deliver_now
@@ -273,11 +263,11 @@ class EngineLoop:
                 if request is None:
                     self._end(variant.job, variant.index, result=variant.run.result().to_dict())
                     continue
-                variant.handle = self.stepper.add(request)
+                handle = self.stepper.add(request)
             except TipoError as error:
                 self._end(variant.job, variant.index, error=error)
                 continue
-            self._in_flight[variant.handle] = variant
+            self._in_flight[handle] = variant
             variant.token_ids, variant.text = [], ""
             pending = variant.run.pending
             assert pending is not None
@@ -294,8 +284,6 @@ class EngineLoop:
                 error = BackendError(f"the backend failed: {type(error).__name__}: {error}")
             self._fail_in_flight(error)
             return
-        self.stats.steps += 1
-        self.stats.tokens += len(result.tokens)
         if self.on_tokens is not None:
             self.on_tokens(len(result.tokens))
         for variant, new_tokens in self._apply_tokens(result):
@@ -304,7 +292,7 @@ class EngineLoop:
             variant = self._in_flight.pop(handle, None)
             if variant is not None:
                 self._finish_step(variant, generation)
-        self.stats.batch = len(self._in_flight)
+        self.batch_size = len(self._in_flight)
 
     def _apply_tokens(self, result: StepResult) -> list[tuple[_Variant, list[int]]]:
         """(variant, its new token ids) for each variant the step changed."""
@@ -344,7 +332,6 @@ class EngineLoop:
         record = variant.run.records[-1]
         variant.send(self._outbox, "step_end", {"step": variant.step, "record": asdict(record)})
         variant.step += 1
-        variant.handle = None
         self._ready.append(variant)
 
     def _fail_in_flight(self, error: TipoError) -> None:

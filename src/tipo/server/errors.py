@@ -5,6 +5,7 @@ object in its ``error`` event. Errors are mapped by class, never by message text
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..errors import BackendError, InvalidRequestError, TipoError
@@ -62,6 +63,15 @@ def status_and_kind(error: TipoError) -> tuple[int, str]:
     return next((status, kind) for cls, status, kind in STATUS if isinstance(error, cls))
 
 
+def validation_message(problems: Iterable[Mapping[str, Any]]) -> str:
+    """pydantic's errors as one line: "field: what is wrong; ..." (the first five)."""
+    parts = []
+    for item in list(problems)[:5]:
+        where = ".".join(str(p) for p in item.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {item.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
 def error_body(error: TipoError) -> dict[str, Any]:
     _, kind = status_and_kind(error)
     return {"error": {"kind": kind, "message": error.message, "hint": error.hint}}
@@ -78,4 +88,5 @@ __all__ = [
     "UnsupportedMediaTypeError",
     "error_body",
     "status_and_kind",
+    "validation_message",
 ]

@@ -8,6 +8,8 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+from .errors import UnauthorizedError, error_body
+
 Scope = dict[str, Any]
 ASGIApp = Callable[..., Any]
 
@@ -89,17 +91,17 @@ def _bearer(scope: Scope) -> bytes:
 
 
 async def _send_unauthorized(send: Any) -> None:
-    body = json.dumps({"error": {
-        "kind": "unauthorized",
-        "message": "missing or wrong API key",
-        "hint": "send the header 'Authorization: Bearer <key>' with the server's key",
-    }}).encode()  # fmt: skip
+    error = UnauthorizedError(
+        "missing or wrong API key",
+        hint="send the header 'Authorization: Bearer <key>' with the server's key",
+    )
+    body = json.dumps(error_body(error)).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         (b"www-authenticate", b"Bearer"),
     ]
-    await send({"type": "http.response.start", "status": 401, "headers": headers})
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
