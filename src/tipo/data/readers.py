@@ -20,21 +20,11 @@ from typing import Any
 
 from ..errors import InvalidRequestError, MissingDependencyError
 from ..tags import Category, TagDatabase
-from .records import TrainingRecord
+from .records import DANBOORU_COLUMNS, TrainingRecord
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # kohya's caption files: tags, and (ours) an optional natural-language caption beside them.
 TAG_SUFFIX, CAPTION_SUFFIX = ".txt", ".caption"
-_CATEGORY_COLUMNS = {
-    Category.SPECIAL: "special",
-    Category.GENERAL: "general",
-    Category.ARTIST: "artist",
-    Category.CHARACTERS: "character",
-    Category.COPYRIGHTS: "copyright",
-    Category.META: "meta",
-    Category.QUALITY: "quality",
-    Category.RATING: "rating",
-}
 
 
 def read_records(source: str | Path, db: TagDatabase | None = None) -> Iterator[TrainingRecord]:
@@ -90,9 +80,10 @@ def read_kohya_folder(folder: Path, db: TagDatabase | None = None) -> Iterator[T
         if not tag_file.is_file():
             continue
         row = kohya_row(tag_file.read_text(encoding="utf-8"), db)
-        caption = image.with_suffix(CAPTION_SUFFIX)
-        if caption.is_file() and caption.read_text(encoding="utf-8").strip():
-            row["pixtral_caption"] = caption.read_text(encoding="utf-8").strip()
+        caption_file = image.with_suffix(CAPTION_SUFFIX)
+        caption = caption_file.read_text(encoding="utf-8").strip() if caption_file.is_file() else ""
+        if caption:
+            row["pixtral_caption"] = caption
         row["width"], row["height"] = image_size(image) or (None, None)
         yield TrainingRecord.from_row(row)
 
@@ -102,10 +93,9 @@ def kohya_row(text: str, db: TagDatabase) -> dict[str, Any]:
     tags = [t.strip() for t in text.replace("\n", ",").split(",") if t.strip()]
     by_category = db.classify(tags)
     row: dict[str, Any] = {}
-    for category, column in _CATEGORY_COLUMNS.items():
-        found = by_category[category]
-        if found:
-            row[column] = list(found)
+    for category in Category:  # quality and rating columns share their category's name
+        if by_category[category]:
+            row[DANBOORU_COLUMNS.get(category.value, category.value)] = list(by_category[category])
     return row
 
 

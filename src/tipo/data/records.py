@@ -27,7 +27,8 @@ CAPTION_FIELDS: dict[str, tuple[str, ...]] = {
     "gbc": ("short_caption", "original_caption", "detail_caption"),
 }
 
-_DANBOORU_LISTS = {
+# Record field -> Danbooru metadata column of its tag list.
+DANBOORU_COLUMNS = {
     "special": "special",
     "general": "general",
     "artist": "artist",
@@ -154,7 +155,7 @@ class TrainingRecord:
             tags += parse_literal_list(row.get("tags_booru"))
             general = tuple(tag.lower() for tag in tags)
             return cls(source="coyo", general=general, captions=_captions(row, "coyo"))
-        lists = {name: parse_tag_list(row.get(key)) for name, key in _DANBOORU_LISTS.items()}
+        lists = {name: parse_tag_list(row.get(key)) for name, key in DANBOORU_COLUMNS.items()}
         return cls(
             source="danbooru",
             **lists,
@@ -173,6 +174,7 @@ def _captions(row: Mapping[str, object], source: str) -> dict[str, str]:
 
 __all__ = [
     "CAPTION_FIELDS",
+    "DANBOORU_COLUMNS",
     "SOURCES",
     "Source",
     "TrainingRecord",
