@@ -8,17 +8,15 @@ token ids and tokenizer files are those of the released TIPO models.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-from tipo.protocol import FIRST_TIPO_TOKEN_ID, LLAMA_CONTROL_TOKENS, TIPO_TOKENS
-
-VOCAB_SIZE = FIRST_TIPO_TOKEN_ID + len(TIPO_TOKENS)  # 32013
-BOS_ID, EOS_ID, PAD_ID = 1, 2, 2
-TRANSFORMERS_VERSION = "4.44.2"  # what the released TIPO files were written with
+from tipo.train import hf_folder
+from tipo.train.hf_folder import (
+    generation_config,
+    llama_config,
+)
 
 
 def shared_dir() -> Path:
@@ -71,55 +69,6 @@ def make_tiny_checkpoint(
     return path
 
 
-def llama_config(
-    *,
-    hidden_size: int,
-    num_layers: int,
-    num_heads: int,
-    num_kv_heads: int,
-    intermediate_size: int,
-    dtype: str,
-    max_position_embeddings: int,
-) -> dict[str, Any]:
-    """config.json in the shape of the released TIPO-200M one, with our sizes."""
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "bos_token_id": BOS_ID,
-        "eos_token_id": EOS_ID,
-        "pad_token_id": PAD_ID,
-        "hidden_act": "silu",
-        "hidden_size": hidden_size,
-        "initializer_range": 0.02,
-        "intermediate_size": intermediate_size,
-        "max_position_embeddings": max_position_embeddings,
-        "mlp_bias": False,
-        "model_type": "llama",
-        "num_attention_heads": num_heads,
-        "num_hidden_layers": num_layers,
-        "num_key_value_heads": num_kv_heads,
-        "pretraining_tp": 1,
-        "rms_norm_eps": 1e-5,
-        "rope_scaling": None,
-        "rope_theta": 10000.0,
-        "tie_word_embeddings": False,
-        "torch_dtype": dtype,
-        "transformers_version": TRANSFORMERS_VERSION,
-        "use_cache": True,
-        "vocab_size": VOCAB_SIZE,
-    }
-
-
-def generation_config() -> dict[str, Any]:
-    return {
-        "bos_token_id": BOS_ID,
-        "eos_token_id": EOS_ID,
-        "pad_token_id": PAD_ID,
-        "transformers_version": TRANSFORMERS_VERSION,
-    }
-
-
 def weight_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Hugging Face tensor names and shapes of a LlamaForCausalLM, in a fixed order."""
     hidden, ffn = config["hidden_size"], config["intermediate_size"]
@@ -162,59 +111,9 @@ def _write_weights(path: Path, config: dict[str, Any], *, seed: int, std: float)
 
 
 def write_tokenizer_files(path: Path) -> None:
-    """tokenizer.model plus the JSON files transformers 4.44 ``save_pretrained`` writes for
-    ``LlamaTokenizer(legacy=False)`` + the 13 TIPO tokens (pad = EOS, as released)."""
-    shutil.copyfile(llama_tokenizer_model(), path / "tokenizer.model")
-    _write_json(path / "tokenizer_config.json", tokenizer_config())
-    _write_json(path / "special_tokens_map.json", special_tokens_map())
-    added = {t: FIRST_TIPO_TOKEN_ID + i for i, t in enumerate(TIPO_TOKENS)}
-    _write_json(path / "added_tokens.json", added)
-
-
-def _added_token(content: str) -> dict[str, Any]:
-    return {"content": content, "lstrip": False, "normalized": False, "rstrip": False,
-            "single_word": False, "special": True}  # fmt: skip
-
-
-def tokenizer_config() -> dict[str, Any]:
-    decoder = {str(i): _added_token(t) for i, t in enumerate(LLAMA_CONTROL_TOKENS)}
-    for index, token in enumerate(TIPO_TOKENS):
-        decoder[str(FIRST_TIPO_TOKEN_ID + index)] = _added_token(token)
-    return {
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "add_prefix_space": True,
-        "added_tokens_decoder": decoder,
-        "additional_special_tokens": list(TIPO_TOKENS),
-        "bos_token": "<s>",
-        "clean_up_tokenization_spaces": False,
-        "eos_token": "</s>",
-        "legacy": False,
-        "model_max_length": 2048,
-        "pad_token": "</s>",
-        "padding_side": "right",
-        "sp_model_kwargs": {},
-        "spaces_between_special_tokens": False,
-        "tokenizer_class": "LlamaTokenizer",
-        "unk_token": "<unk>",
-        "use_default_system_prompt": False,
-    }
-
-
-def special_tokens_map() -> dict[str, Any]:
-    def entry(content: str) -> dict[str, Any]:
-        token = _added_token(content)
-        del token["special"]
-        return token
-
-    return {
-        "additional_special_tokens": [entry(t) for t in TIPO_TOKENS],
-        "bos_token": entry("<s>"),
-        "eos_token": entry("</s>"),
-        "pad_token": entry("</s>"),
-        "unk_token": entry("<unk>"),
-    }
+    """The TIPO tokenizer files, with the shared LLaMA tokenizer.model."""
+    hf_folder.write_tokenizer_files(path, llama_tokenizer_model())
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    hf_folder.write_json(path, data)

@@ -11,7 +11,7 @@ import torch
 
 from checkpoints import llama_tokenizer_model
 from test_data_samples import RECORDS
-from tipo.data import Example, count_tokens, encode_sample, length_buckets, pad_batch, sample_for
+from tipo.data import Example, count_tokens, encode_sample, pad_batch, sample_for
 from tipo.data.batches import IGNORE_INDEX, common_prefix
 from tipo.data.samples import Sample
 from tipo.errors import InvalidRequestError
@@ -116,19 +116,3 @@ def test_pad_batch_values() -> None:
 def test_count_tokens() -> None:
     batch = pad_batch([Example([1, 5, 6, 2], [M, M, 6, 2]), Example([1, 7], [M, 7])], pad_to=8)
     assert count_tokens(batch) == (6, 3)
-
-
-def test_length_buckets_cover_every_index_once_and_are_deterministic() -> None:
-    lengths = [(i * 37) % 101 + 1 for i in range(1000)]
-    batches = length_buckets(lengths, batch_size=8, seed=3, chunk_batches=5)
-    assert sorted(i for batch in batches for i in batch) == list(range(1000))
-    assert all(1 <= len(batch) <= 8 for batch in batches)
-    assert length_buckets(lengths, batch_size=8, seed=3, chunk_batches=5) == batches
-    assert length_buckets(lengths, batch_size=8, seed=4, chunk_batches=5) != batches
-    # Sorting within chunks leaves far less padding than random batches of the same size.
-    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
-    naive = sum(8 * max(lengths[i : i + 8]) for i in range(0, 1000, 8))
-    assert padded < 0.7 * naive
-    assert length_buckets([], batch_size=8, seed=0) == []
-    with pytest.raises(InvalidRequestError):
-        length_buckets(lengths, batch_size=0, seed=0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import struct
-import zlib
 from pathlib import Path
 
 import pytest
@@ -14,19 +13,7 @@ from tipo.cli import main
 from tipo.data.readers import image_size, read_records
 from tipo.errors import InvalidRequestError
 from tipo.protocol import parse_output
-
-
-def write_png(path: Path, width: int, height: int) -> None:
-    """A valid grey PNG, written without an image library."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    raw = b"".join(b"\x00" + b"\x80" * width for _ in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-    path.write_bytes(png + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+from training_data import write_png
 
 
 @pytest.fixture

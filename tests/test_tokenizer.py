@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from checkpoints import llama_tokenizer_model, shared_dir, tokenizer_config
+from checkpoints import llama_tokenizer_model, shared_dir
 from tipo.errors import (
     CheckpointError,
     InvalidRequestError,
@@ -35,6 +35,7 @@ from tipo.protocol import (
     build_prompt,
 )
 from tipo.tokenizer import TipoTokenizer
+from tipo.train.hf_folder import tokenizer_config
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN_TEXT = (

@@ -23,6 +23,7 @@ from .errors import (
     ModelNotFoundError,
     TipoError,
 )
+from .train.cli import add_train_parsers, cmd_export, cmd_train
 
 EXIT_CODES: tuple[tuple[type[TipoError], int], ...] = (
     (InvalidRequestError, 2),
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_serve_parser(commands)
     _add_data_parser(commands)
+    add_train_parsers(commands)
     templates = commands.add_parser("templates", help="list the output templates")
     templates.add_argument("--show", help="print one template's text")
     return parser
@@ -232,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "templates": cmd_templates,
         "serve": cmd_serve,
         "data": cmd_data,
+        "train": cmd_train,
+        "export": cmd_export,
     }[args.command]
     try:
         return handler(args)

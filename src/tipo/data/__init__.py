@@ -10,7 +10,7 @@ This folder also holds package data (``tags.zlib``, ``NOTICE``) read through
 
 from __future__ import annotations
 
-from .batches import Example, count_tokens, encode_sample, length_buckets, pad_batch
+from .batches import Example, count_tokens, encode_sample, pad_batch
 from .records import TrainingRecord, parse_tag_list
 from .samples import Sample, build_sample, sample_for
 from .stats import EXPECTED, Frequency, distribution, format_table
@@ -26,7 +26,6 @@ __all__ = [
     "distribution",
     "encode_sample",
     "format_table",
-    "length_buckets",
     "pad_batch",
     "parse_tag_list",
     "sample_for",

@@ -7,16 +7,16 @@ equal the input ids elsewhere: the model's loss shifts them by one.
 
 Batching: the recipe right-pads every sample to exactly ``cutoff_len`` with id 0 (``<unk>``),
 labels -100 and attention mask 0, with no packing. ``pad_batch(..., pad_to=cutoff_len)`` does the
-same; ``pad_to=None`` pads to the longest example, and :func:`length_buckets` groups similar
-lengths so that little padding is left. Either way the loss is the same per sample; only compute
-changes. The model card's "Real Token Seen" counts non-padding tokens (:func:`count_tokens`).
+same; ``pad_to=None`` pads to the longest example, and ``tipo.train.batches`` puts similar
+lengths together so that little padding is left. Either way the loss is the same per sample;
+only compute changes. The model card's "Real Token Seen" counts non-padding tokens
+(:func:`count_tokens`).
 
 torch is imported inside the functions that build tensors, so ``tipo.data`` imports without it.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 IGNORE_INDEX = -100
 CUTOFF_LEN = 1024  # the v1 configs (200M, 100M, 25M); the 500M toml used 2048
 PAD_ID = 0  # the recipe pads with <unk>, not with the config's pad id (2)
-CHUNK_BATCHES = 50  # length_buckets sorts within shuffled chunks of this many batches
 
 
 @dataclass(frozen=True)
@@ -111,30 +110,6 @@ def pad_batch(
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
-def length_buckets(
-    lengths: Sequence[int], batch_size: int, seed: int, chunk_batches: int = CHUNK_BATCHES
-) -> list[list[int]]:
-    """Batches of indices into ``lengths`` that group similar lengths; the same for a seed.
-
-    The indices are shuffled, cut into chunks of ``chunk_batches * batch_size``, sorted by
-    length inside each chunk and cut into batches; the batches are then shuffled. Every index
-    occurs exactly once; only the last batch of a chunk can be short. Padding each batch to its
-    longest example then costs far less than the recipe's padding of every sample to cutoff_len.
-    """
-    if batch_size < 1 or chunk_batches < 1:
-        raise InvalidRequestError("batch_size and chunk_batches must be at least 1")
-    rng = random.Random(seed)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    span = batch_size * chunk_batches
-    batches: list[list[int]] = []
-    for start in range(0, len(order), span):
-        chunk = sorted(order[start : start + span], key=lambda i: lengths[i])
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
 def count_tokens(batch: dict[str, Any]) -> tuple[int, int]:
     """(non-padding tokens, tokens with a label) of a padded batch, as the trainer logged them.
 
@@ -153,6 +128,5 @@ __all__ = [
     "Example",
     "count_tokens",
     "encode_sample",
-    "length_buckets",
     "pad_batch",
 ]
