@@ -65,10 +65,20 @@ def read_hf_rows(source: str, split: str = "train") -> Iterator[dict[str, Any]]:
         import datasets
     except ImportError:
         raise MissingDependencyError.for_extra("datasets", "train", "Reading Parquet") from None
-    if source.endswith(".parquet"):
-        stream = datasets.load_dataset("parquet", data_files=source, split=split, streaming=True)
-    else:
-        stream = datasets.load_dataset(source, split=split, streaming=True)
+    try:
+        if source.endswith(".parquet"):
+            stream = datasets.load_dataset(
+                "parquet", data_files=source, split=split, streaming=True
+            )
+        else:
+            stream = datasets.load_dataset(source, split=split, streaming=True)
+    except Exception as error:  # datasets raises many kinds: not found, offline, bad format
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InvalidRequestError(
+            f"no training data at {source!r}: {reason}",
+            hint="give a kohya image folder, a .jsonl or .parquet file, or a Hugging Face "
+            "dataset id (downloads need the network)",
+        ) from None
     yield from stream
 
 

@@ -9,6 +9,8 @@ front end loads, and peft's LoRA wraps it unchanged.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,8 +100,7 @@ def add_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
         task_type="CAUSAL_LM",
     )
     try:
-        with warnings.catch_warnings():  # peft asks transformers a deprecated attribute name
-            warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+        with _quiet_peft():
             return get_peft_model(model, lora)
     except ValueError as error:  # no module matched lora_targets
         raise CheckpointError(
@@ -111,7 +112,16 @@ def load_adapter(model: nn.Module, adapter: Path) -> nn.Module:
     """``model`` with the trainable LoRA adapter saved in ``adapter``."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    with _quiet_peft():
+        return PeftModel.from_pretrained(model, adapter, is_trainable=True)
+
+
+@contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """peft 0.21 reads an attribute transformers 5 deprecated; the warning is not the user's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+        yield
 
 
 def merged(model: nn.Module) -> nn.Module:
