@@ -120,14 +120,18 @@ def test_the_plan_is_the_same_for_any_process_count(kohya: Path) -> None:
 
     records = list(read_records(kohya))
     tokenizer = TipoTokenizer.from_sentencepiece(llama_tokenizer_model())
-    plan = BatchPlan(len(records), batch_size=4, micro_batches=2, seed=7)
+    plan = BatchPlan(len(records), batch_size=2, micro_batches=4, seed=7)
     options = {"cutoff_len": 1024, "pad_to_cutoff": False}
     alone = StepBatches(records, tokenizer, plan, rank=0, world=1, **options)
     ranks = [StepBatches(records, tokenizer, plan, rank=r, world=2, **options) for r in (0, 1)]
+    assert [ranks[0].owner(j) for j in range(4)] == [0, 1, 1, 0]  # snake: 0 1 | 1 0
     for step in range(plan.steps_per_epoch * 2):
         together = alone.micro_batches(step)
-        assert len(together) == 2 and [len(b) for b in together] == [4, 4]
-        assert together == [ranks[0].micro_batches(step)[0], ranks[1].micro_batches(step)[0]]
+        assert [len(b) for b in together] == [2, 2, 2, 2]
+        first, second = ranks[0].micro_batches(step), ranks[1].micro_batches(step)
+        assert [together[0], together[3]] == first and [together[1], together[2]] == second
+        lengths = [max(len(example) for example in batch) for batch in together]
+        assert lengths[0] <= lengths[-1]  # sorted by text length (a proxy for tokens) first
     seen = [i for step in range(plan.steps_per_epoch) for i in plan.step_records(step)]
     assert len(seen) == len(set(seen)) == plan.steps_per_epoch * 8  # each record once an epoch
     assert plan.step_records(0) != plan.step_records(plan.steps_per_epoch)  # reshuffled
@@ -337,3 +341,27 @@ def test_trainer_reports_what_it_will_do(base: Path, kohya: Path, tmp_path: Path
     Trainer(config, log=lines.append).run()
     assert lines[0].startswith("40 records; 2 steps of 4 samples (10 per epoch) on 1 process")
     assert "warmup_steps 100 >= all steps" in lines[1]
+
+
+def test_gradient_checkpointing_recomputes_layers_and_keeps_the_losses(
+    base: Path, kohya: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recomputing activations is a memory trade, not a different computation: each layer's
+    MLP runs twice per micro-batch (forward, then again in backward), the losses stay."""
+    from transformers.models.llama import modeling_llama
+
+    calls: list[int] = []
+    forward = modeling_llama.LlamaMLP.forward  # inside the checkpointed decoder layer
+
+    def counted(self: object, *args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", counted)
+    layer_calls = {}
+    for name, extra in (("plain", ()), ("recomputed", ("--gradient-checkpointing",))):
+        calls.clear()
+        assert main(train_args(kohya, base, tmp_path / name, "--max-steps", "2", *extra)) == 0
+        layer_calls[name] = len(calls)
+    assert layer_calls == {"plain": 4, "recomputed": 8}  # 2 steps x 2 layers (x 2)
+    assert losses(tmp_path / "recomputed") == pytest.approx(losses(tmp_path / "plain"), rel=1e-5)

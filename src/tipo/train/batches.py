@@ -6,10 +6,12 @@ left out of that epoch and lands elsewhere in the next shuffle. Each record beco
 every epoch (``sample_for`` with a per-epoch seed: new task, split and drops, as the recipe drew).
 
 A global batch is sorted by text length and cut into micro-batches of ``batch_size``, so a
-micro-batch holds similar lengths and pads little; micro-batch j goes to process j mod N. The cut
-does not depend on the process count, so 1 process with grad_accum 2 and 2 processes with
-grad_accum 1 train on the same micro-batches, and resuming at step s needs no replay: the plan
-of step s is computed directly.
+micro-batch holds similar lengths and pads little. The micro-batches are dealt to the N processes
+in rounds of N, every other round in reverse (0..N-1, N-1..0, ...), so that no process always
+gets the longest ones while the others wait at the gradient sync. The cut does not depend on the
+process count, so 1 process with grad_accum 2 and 2 processes with grad_accum 1 train on the
+same micro-batches, and resuming at step s needs no replay: the plan of step s is computed
+directly.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ class StepBatches:
             key=lambda item: (len(item[1].user) + len(item[1].output), item[0]),
         )
         size = self.plan.batch_size
-        mine = range(self.rank, self.plan.micro_batches, self.world)
+        mine = [j for j in range(self.plan.micro_batches) if self.owner(j) == self.rank]
         return [
             [
                 encode_sample(s, self.tokenizer, self.cutoff_len)
@@ -101,6 +103,11 @@ class StepBatches:
             ]
             for j in mine
         ]
+
+    def owner(self, micro_batch: int) -> int:
+        """The process that trains micro-batch ``micro_batch`` of a step (dealt snake-wise)."""
+        round_, seat = divmod(micro_batch, self.world)
+        return seat if round_ % 2 == 0 else self.world - 1 - seat
 
     def tensors(self, step: int, order: Sequence[int] | None = None) -> list[dict[str, Any]]:
         pad_to = self.cutoff_len if self.pad_to_cutoff else None

@@ -119,7 +119,7 @@ class StepStats:
     tokens: int  # non-padding tokens, all processes
     trained_tokens: int  # tokens with a label (loss), all processes
     lr: float
-    seconds: float
+    seconds: float = 0.0  # wall time since the previous step ended, data wait included
 
 
 class Trainer:
@@ -234,9 +234,10 @@ class Trainer:
             self.folder.path.mkdir(parents=True, exist_ok=True)
             _write_yaml(self.folder.path / "config.yaml", config.to_dict())
         model, start = self._build_model()
-        model.to(processes.device)
-        if config.gradient_checkpointing:
-            model.gradient_checkpointing_enable({"use_reentrant": False})
+        model.to(processes.device).train()  # from_pretrained returns eval mode
+        if config.gradient_checkpointing:  # transformers 5 renamed the method
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            (enable or model.gradient_checkpointing_enable)({"use_reentrant": False})
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
             trainable,
@@ -261,13 +262,17 @@ class Trainer:
         self._announce(model, start, trainable)
         logger = MetricsLog(self.folder, processes.main, config.log_every, self.total_steps, start)
         try:
+            ended = time.perf_counter()
             for step, micro in _prefetch(self.batches.iterate(start, self.total_steps)):
                 stats = self._step(wrapped, micro, optimizer, schedule, trainable)
+                stats.seconds = time.perf_counter() - ended
                 logger.record(step + 1, stats)
                 if (step + 1) % config.save_every == 0 or step + 1 == self.total_steps:
                     self._save(model, optimizer, schedule, step + 1)
+                ended = time.perf_counter()
         finally:
             logger.close()
+        del wrapped, model, optimizer, schedule, trainable  # the export reads the checkpoint back
         export = self.folder.export
         if processes.main:
             from .export import export_checkpoint
@@ -313,7 +318,6 @@ class Trainer:
         import torch
         import torch.nn.functional as F
 
-        began = time.perf_counter()
         device, world = self.processes.device, self.processes.world
         local = [
             [float(b["attention_mask"].sum()), float((b["labels"][:, 1:] != -100).sum())]
@@ -322,32 +326,31 @@ class Trainer:
         tokens, label_tokens = self.processes.sum([sum(c) for c in zip(*local, strict=True)])
         scale = world / max(label_tokens, 1.0)
         bf16 = self._precision() == "bf16"
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), device=device)
         for index, batch in enumerate(micro):
             last = index == len(micro) - 1
             sync = contextlib.nullcontext() if last or world == 1 else model.no_sync()
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             labels = batch["labels"].to(device)
-            with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            with sync:  # no_sync: gradients meet across processes on the last micro-batch
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                # position t predicts token t + 1: shift the labels, not the (large) logits
+                targets = F.pad(labels[:, 1:], (0, 1), value=-100)
                 loss = F.cross_entropy(
-                    logits[:, :-1].float().flatten(0, 1),
-                    labels[:, 1:].flatten(),
-                    ignore_index=-100,
+                    logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100,
                     reduction="sum",
-                )
+                )  # fmt: skip
                 (loss * scale).backward()
-            loss_sum += float(loss.detach())
+            loss_sum += loss.detach()
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(trainable, self.config.grad_clip)
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        (total_loss,) = self.processes.sum([loss_sum])
-        seconds = time.perf_counter() - began
-        return StepStats(total_loss / max(label_tokens, 1.0), int(tokens), int(label_tokens), lr,
-                         seconds)  # fmt: skip
+        (total_loss,) = self.processes.sum([float(loss_sum)])
+        return StepStats(total_loss / max(label_tokens, 1.0), int(tokens), int(label_tokens), lr)
 
     def _save(self, model: nn.Module, optimizer: Any, schedule: Any, step: int) -> None:
         import torch
