@@ -241,6 +241,27 @@ def test_bench_runs_every_section_on_a_tiny_checkpoint(capsys, tiny_checkpoint):
     assert len(controlled) == 4 and all(r["met_targets"] == r["requests"] for r in controlled)
 
 
+def test_bench_reports_the_rows_it_can_and_skips_the_rest_with_reasons(
+    capsys, tiny_checkpoint, tmp_path
+):
+    """No tokenizer.model: the GGUF files and whole requests cannot be built. The speed rows are
+    still measured and every skipped group says why (the bench used to stop)."""
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_checkpoint, bare)
+    (bare / "tokenizer.model").unlink()
+    code, out, err = run(capsys, "bench", "--model", bare, "--dtypes", "float32",
+                         "--batches", "1", "--new-tokens", 4, "--no-quality")  # fmt: skip
+    assert code == 0, err
+    assert "| torch | float32 | 1 |" in out and "skipped:" in out
+    assert "- pipeline and retries rows: requests need a tokenizer" in out
+    llamacpp = "- llama.cpp speed rows: "
+    assert llamacpp + "a GGUF file carries the vocabulary" in out or (
+        llamacpp + "llama-cpp-python is not installed" in out
+    )
+
+
 def test_empty_input_generates_from_nothing(capsys, fake):
     code, out, err = run(capsys, "expand", "", "--seed", 1, "--json", *fake)
     result = json.loads(out)

@@ -11,13 +11,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tipo.backends.base import GenerationRequest  # noqa: E402
-from tipo.engine.engine import Engine, sequence_logits  # noqa: E402
-from tipo.engine.quality import (  # noqa: E402
+from tipo.bench.quality import (  # noqa: E402
     PROMPTS_FILE,
     TRAINED_CONFIG,
     make_trained_checkpoint,
     quality_report,
 )
+from tipo.engine.engine import Engine, sequence_logits  # noqa: E402
 from tipo.engine.quant import (  # noqa: E402
     Int4Linear,
     Int8Linear,

@@ -442,7 +442,7 @@ def test_tied_embeddings_use_token_embd_as_the_output_head(
 
 
 def test_q8_0_quality_against_f16(llama_cpp: Any, folder: Path, tmp_path: Path) -> None:
-    from tipo.backends.llamacpp_bench import gguf_quality_report
+    from tipo.bench.llamacpp import gguf_quality_report
     from tipo.convert import convert
 
     q8 = convert(folder, tmp_path / "model-Q8_0.gguf", "Q8_0")
@@ -453,10 +453,10 @@ def test_q8_0_quality_against_f16(llama_cpp: Any, folder: Path, tmp_path: Path) 
 
 
 def test_time_decode_reports_forced_lengths(llama_cpp: Any, folder: Path) -> None:
-    from tipo.backends.llamacpp_bench import time_decode_gguf
+    from tipo.bench.llamacpp import time_decode_gguf
 
     path = folder / "model-F16.gguf"
     timing = time_decode_gguf(path, batch=3, prompt_len=12, new_tokens=10, n_threads=THREADS)
     assert timing["generated"] == [10, 10, 10]  # EOS ignored
-    assert timing["tokens_per_s"] > 0 and timing["time_to_first_token_s"] > 0
+    assert timing["tokens_per_second"] > 0 and timing["ttft_seconds"] > 0
     assert timing["peak_rss_mb"] > 0

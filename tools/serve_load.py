@@ -171,7 +171,7 @@ class Server:
 
 
 def random_checkpoint(tokenizer: Path, directory: Path) -> Path:
-    from tipo.engine import write_random_checkpoint
+    from tipo.bench import write_random_checkpoint
 
     path = write_random_checkpoint(directory / "tipo-200m-random", "tipo-200m")
     shutil.copy(tokenizer, path / "tokenizer.model")

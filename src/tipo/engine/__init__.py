@@ -5,10 +5,12 @@ Reading order: config.py (architecture) -> weights.py (checkpoint -> model; a Hu
 folder) -> gguf_weights.py (a GGUF file: the same builder, fed dequantised tensors) -> quant.py
 (weight formats and their kernels) -> model.py (the decoder) -> kv_cache.py (rows + prefix
 cache) -> sampler.py (transformers' sampling semantics on tensors) -> scheduler.py (continuous
-batching) -> engine.py (``Engine.generate``) -> benchmark.py / quality.py (``tipo bench``).
+batching) -> engine.py (``Engine.generate``). ``tipo bench`` (speed and the quality of each
+weight format) lives in ``tipo.bench``.
 
 Weight formats (``dtype``): float32, bfloat16, float16, int8 (default on CPU), int4. See
-quant.py for the kernels; ``quality_report(checkpoint, dtype)`` measures what each costs.
+quant.py for the kernels; ``tipo.bench.quality_report(checkpoint, dtype)`` measures what each
+costs.
 
 Continuous batching (scheduler.py)::
 
@@ -37,10 +39,6 @@ _EXPORTS: dict[str, str] = {
     "load_model": "weights",
     "Scheduler": "scheduler",
     "StepResult": "scheduler",
-    "time_decode": "benchmark",
-    "write_random_checkpoint": "benchmark",
-    "quality_report": "quality",
-    "make_trained_checkpoint": "quality",
 }
 __all__ = sorted(_EXPORTS)
 

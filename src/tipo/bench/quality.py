@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..backends.base import GenerationRequest
+from ..engine.config import EngineConfig, expected_shapes
+from ..engine.engine import Engine, sequence_logits
+from ..engine.weights import write_safetensors
 from ..sampling import SamplingParams
-from .config import EngineConfig, expected_shapes
-from .engine import Engine, sequence_logits
-from .weights import write_safetensors
 
 # "rating: general\naspect ratio: 1.0\ntarget: <|long|> <|tag_to_long|>\ntag: 1girl, scenery"
 # as the training-time tokenizer encodes it (protocol doc §3): a real TIPO prompt.

@@ -5,36 +5,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..bench import peak_rss_mb
+from ..backends.base import GenerationRequest
+from ..backends.llamacpp import LlamaCppBackend, load
 from ..checkpoints import Checkpoint
 from ..sampling import SamplingParams
-from .base import GenerationRequest
-from .llamacpp import LlamaCppBackend, load
-
-# baselines.md's workload: temperature 0.5, top-k 60, top-p 0.95 (min-p and the repetition
-# penalty keep TIPO's defaults, so the per-token sampling cost is the real one).
-BENCH_SAMPLING = SamplingParams(temperature=0.5, top_k=60, top_p=0.95)
-_FIRST_ID, _LAST_ID = 3, 32000  # ordinary SentencePiece pieces: no control or TIPO tokens
+from .system import peak_rss_mb
+from .workload import bench_requests, random_prompts
 
 
 def _open(path: str | os.PathLike[str], **options: Any) -> LlamaCppBackend:
     """A backend for a bare GGUF path (no tokenizer needed: we feed ids)."""
     file = Path(path)
     return load(Checkpoint(file, "gguf", str(file), None), **options)
-
-
-def random_prompts(count: int, length: int, seed: int) -> list[tuple[int, ...]]:
-    """``count`` prompts of BOS + ``length - 1`` random ordinary tokens, reproducible."""
-    rng = random.Random(seed)
-    return [
-        (1, *(rng.randrange(_FIRST_ID, _LAST_ID) for _ in range(length - 1))) for _ in range(count)
-    ]
 
 
 def _reset_peak_rss() -> None:
@@ -47,44 +34,41 @@ def _reset_peak_rss() -> None:
 def time_decode_gguf(
     gguf_path: str | os.PathLike[str],
     batch: int = 1,
-    prompt_len: int = 60,
-    new_tokens: int = 128,
-    seed: int = 0,
+    prompt_len: int = 64,
+    new_tokens: int = 256,
     *,
-    sampling: SamplingParams = BENCH_SAMPLING,
     n_threads: int | None = None,
 ) -> dict[str, Any]:
-    """Time llama.cpp decoding ``batch`` parallel sequences of ``new_tokens`` tokens each
-    (EOS ignored, so every run is exactly that long) after distinct random prompts of
-    ``prompt_len`` tokens. A short warm-up run first allocates the context.
-
-    Returns tokens_per_s (all sequences, decode phase), ms_per_token (one decode step),
-    time_to_first_token_s (prompt reading + first sample), end_to_end_tokens_per_s and
-    peak_rss_mb (the process's peak resident memory since the model was loaded, on Linux)."""
+    """llama.cpp decoding the bench workload (workload.py: ``batch`` variants of one prompt,
+    ``new_tokens`` each, EOS ignored), after a short warm-up that allocates the context; the
+    same figures under the same names as ``decode.time_decode``."""
     _reset_peak_rss()
+    start = time.perf_counter()
     backend = _open(gguf_path, ignore_eos=True, n_threads=n_threads)
+    load_seconds = time.perf_counter() - start
     try:
-        params = sampling.with_(max_new_tokens=new_tokens)
-        prompts = random_prompts(batch, prompt_len, seed)
-        requests = [GenerationRequest(p, params, seed + i) for i, p in enumerate(prompts)]
-        backend.generate([GenerationRequest(prompts[0], params.with_(max_new_tokens=2), seed)])
+        backend.generate(bench_requests(batch, prompt_len, 2, seed=99))
+        requests = bench_requests(batch, prompt_len, new_tokens)
         start = time.perf_counter()
         results = backend.generate(requests)
-        total = time.perf_counter() - start
+        wall = time.perf_counter() - start
     finally:
         backend.close()
-    first = max(r.prefill_seconds for r in results)
     decode = max(r.decode_seconds for r in results)
-    steps = max(new_tokens - 1, 1)  # the first token comes from the prefill
+    produced = sum(len(r.token_ids) for r in results)
+    steps = max(len(r.token_ids) for r in results)
     return {
+        "engine": "llama.cpp",
         "file": str(gguf_path),
         "batch": batch,
-        "prompt_tokens": prompt_len,
+        "prompt_len": prompt_len,
         "new_tokens": new_tokens,
-        "tokens_per_s": batch * steps / decode if decode else float("nan"),
-        "ms_per_token": 1000 * decode / steps,
-        "time_to_first_token_s": first,
-        "end_to_end_tokens_per_s": batch * new_tokens / total,
+        "tokens": produced,
+        "tokens_per_second": produced / wall,
+        "decode_tokens_per_second": (produced - batch) / decode if decode > 0 else 0.0,
+        "ms_per_step": 1000 * decode / max(steps - 1, 1),
+        "ttft_seconds": max(r.prefill_seconds for r in results),
+        "load_seconds": load_seconds,
         "peak_rss_mb": peak_rss_mb(),
         "generated": [len(r.token_ids) for r in results],
     }
@@ -182,4 +166,4 @@ def _common(a: Sequence[int], b: Sequence[int]) -> int:
     )
 
 
-__all__ = ["BENCH_SAMPLING", "gguf_quality_report", "random_prompts", "time_decode_gguf"]
+__all__ = ["gguf_quality_report", "time_decode_gguf"]

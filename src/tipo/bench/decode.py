@@ -1,0 +1,114 @@
+"""Decode speed of our engine (``time_decode``) and of the reference path, transformers
+``generate`` fp32 (``time_transformers``), on a checkpoint with random weights
+(``write_random_checkpoint``: speed does not depend on their values). ``tipo bench`` runs each
+measurement in a fresh process (sections.py), so load time and peak RSS are its own.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..engine.config import EngineConfig, expected_shapes
+from ..engine.engine import Engine
+from ..engine.weights import write_safetensors
+from .system import peak_rss_mb
+from .workload import BENCH_SAMPLING, bench_requests
+
+
+def write_random_checkpoint(
+    directory: str | Path, config: EngineConfig | str = "tipo-200m", *, seed: int = 0,
+    std: float = 0.02, dtype: torch.dtype = torch.float32,
+) -> Path:  # fmt: skip
+    """A Hugging Face folder (config.json + model.safetensors) with random weights."""
+    if isinstance(config, str):
+        config = EngineConfig.from_name(config)
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    hf = config.to_hf_config() | {"torch_dtype": str(dtype).removeprefix("torch.")}
+    (path / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, shape in expected_shapes(config).items():
+        if name.endswith("norm.weight"):
+            tensors[name] = torch.ones(shape, dtype=dtype)
+        else:
+            tensors[name] = (torch.randn(shape, generator=generator) * std).to(dtype)
+    write_safetensors(path / "model.safetensors", tensors)
+    return path
+
+
+def time_decode(
+    checkpoint: str | Path,
+    dtype: str | None = None,
+    batch: int = 1,
+    prompt_len: int = 64,
+    new_tokens: int = 256,
+    *,
+    ignore_eos: bool = True,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Load ``checkpoint`` and generate ``new_tokens`` for ``batch`` variants of one prompt.
+    Returns tokens/s (all tokens over wall time, and decode-only), ms per decode step, time
+    to first token, load time and peak RSS (of the whole process so far)."""
+    engine = Engine.load(checkpoint, dtype=dtype, max_batch=max(batch, 1), threads=threads)
+    load_seconds, load_rss = engine.load_seconds, peak_rss_mb()
+    engine.scheduler.ignore_eos = ignore_eos
+    engine.generate(bench_requests(batch, prompt_len, 8, seed=99))  # warm-up
+    requests = bench_requests(batch, prompt_len, new_tokens)
+    start = time.perf_counter()
+    results = engine.generate(requests)
+    wall = time.perf_counter() - start
+    ttft = max(r.prefill_seconds for r in results)
+    decode = max(r.decode_seconds for r in results)
+    produced = sum(len(r.token_ids) + (r.finish_reason == "eos") for r in results)
+    steps = max(len(r.token_ids) for r in results)
+    return {
+        "engine": "torch",
+        "dtype": engine.format,
+        "batch": batch,
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        "tokens": produced,
+        "tokens_per_second": produced / wall,
+        "decode_tokens_per_second": (produced - batch) / decode if decode > 0 else 0.0,
+        "ms_per_step": 1000 * decode / max(steps - 1, 1),
+        "ttft_seconds": ttft,
+        "load_seconds": load_seconds,
+        "load_peak_rss_mb": load_rss,
+        "peak_rss_mb": peak_rss_mb(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def time_transformers(
+    checkpoint: str | Path, batch: int = 1, prompt_len: int = 64, new_tokens: int = 256
+) -> dict[str, Any]:
+    """The reference: transformers ``generate`` fp32, the batch as one padded-free batch of
+    identical prompts (sampling, EOS ignored via min_new_tokens)."""
+    from transformers import LlamaForCausalLM
+
+    start = time.perf_counter()
+    model = LlamaForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32).eval()
+    load_seconds = time.perf_counter() - start
+    prompt = bench_requests(1, prompt_len, 1)[0].prompt_ids
+    ids = torch.tensor([prompt] * batch)
+    s = BENCH_SAMPLING
+    options = dict(do_sample=True, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                   pad_token_id=2, attention_mask=torch.ones_like(ids))  # fmt: skip
+    with torch.inference_mode():
+        model.generate(ids, max_new_tokens=4, min_new_tokens=4, **options)
+        start = time.perf_counter()
+        model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **options)
+        wall = time.perf_counter() - start
+    return {"engine": "transformers", "dtype": "float32", "batch": batch,
+            "prompt_len": prompt_len, "new_tokens": new_tokens, "tokens": batch * new_tokens,
+            "tokens_per_second": batch * new_tokens / wall, "load_seconds": load_seconds,
+            "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+
+
+__all__ = ["time_decode", "time_transformers", "write_random_checkpoint"]

@@ -1,0 +1,127 @@
+"""Whole requests through the pipeline: decode-time control in one pass against the reference's
+retry loop (on our engine, and on a format-aware noise model with many seeds), and the cost of
+the constraints in tokens/s."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from .system import log
+
+
+def pipeline_rows(checkpoint: Path) -> list[dict[str, Any]]:
+    """Whole requests on our engine (default weights): decode-time control in one pass vs the
+    reference's retry loop, and the constraints' cost in tokens/s for 1 and 16 variants."""
+    from ..errors import TipoError
+    from ..pipeline import TIPO
+    from ..request import ExpandRequest
+
+    tipo = TIPO.load(checkpoint)
+    base = _REQUEST | {"tag_length": "long", "nl_length": "long", "seed": 1}
+    modes = {
+        "one pass, controlled": {"control": True},
+        "one pass, controlled, free tags": {"control": True, "vocabulary": False},
+        "reference retry loop": _RETRY,
+        "one pass, uncontrolled": {"control": False},
+    }
+    # Untimed: the token table and the vocabulary's prefix tree are built on first use.
+    tipo.run_many([ExpandRequest.create(tags="1girl", max_new_tokens=8)])
+    rows = []
+    for variants in (1, 16):
+        for name, options in modes.items():
+            if variants > 1 and name == "reference retry loop":
+                continue
+            request = ExpandRequest.create(**base, **options)
+            batch = [request.with_seed(1 + i) for i in range(variants)]
+            start = time.perf_counter()
+            outcomes = tipo.run_many(batch)
+            seconds = time.perf_counter() - start
+            results = [r for r in outcomes if not isinstance(r, TipoError)]
+            rows.append(_pipeline_row(name, variants, results, seconds))
+            rows[-1]["failed"] = len(outcomes) - len(results)
+            log(f"pipeline {name} x{variants}: {rows[-1]['tokens_per_s']:.1f} tok/s")
+    tipo.close()
+    return rows
+
+
+def _pipeline_row(name: str, variants: int, results: list[Any], seconds: float) -> dict:
+    from ..protocol import Length
+
+    tokens = sum(r.new_tokens for r in results)
+    done = max(len(results), 1)
+    return {
+        "mode": name,
+        "variants": variants,
+        "seconds": seconds,
+        "tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "passes_per_request": sum(len(r.steps) for r in results) / done,
+        "tokens_per_request": tokens / done,
+        "met_targets": sum(not _missed_targets(r, Length.LONG) for r in results),
+    }
+
+
+def retry_rows(tokenizer_path: Path, seeds: int = 32) -> list[dict[str, Any]]:
+    """Passes and tokens per request, one controlled pass vs the reference's retry loop (10
+    retries), on identical requests, for every length bucket. The "model" is format-aware
+    noise (backends/noise.py): it ends tags, sentences and fields at random, like a model that
+    knows the format but not the lengths. Cheap, so the counts rest on many seeds."""
+    from ..backends.noise import NoiseBackend
+    from ..pipeline import TIPO
+    from ..protocol import Length
+    from ..request import ExpandRequest
+    from ..tokenizer import TipoTokenizer
+
+    tokenizer = TipoTokenizer.from_sentencepiece(tokenizer_path)
+    tipo = TIPO(NoiseBackend.format_aware(tokenizer), tokenizer)
+    rows = []
+    for length in Length:
+        for mode, options in (("one pass, controlled", {}), ("reference retry loop", _RETRY)):
+            options = options | {"tag_length": length, "nl_length": length}
+            requests = [ExpandRequest.create(**_REQUEST, **options, seed=n) for n in range(seeds)]
+            results = [r for r in tipo.run_many(requests) if not isinstance(r, Exception)]
+            met = sum(not _missed_targets(r, length) for r in results)
+            done = max(len(results), 1)
+            rows.append({
+                "mode": mode,
+                "length": length.value,
+                "requests": len(requests),
+                "failed": len(requests) - len(results),
+                "passes_per_request": sum(len(r.steps) for r in results) / done,
+                "tokens_per_request": sum(r.new_tokens for r in results) / done,
+                "prompt_tokens_per_request": sum(
+                    step.prompt_tokens for r in results for step in r.steps
+                ) / done,
+                "met_targets": met,
+            })  # fmt: skip
+    return rows
+
+
+# The request of the pipeline rows: tags and a sentence, expanded, extended and a new caption.
+_REQUEST = {
+    "tags": "1girl, scenery, blue sky",
+    "nl": "A girl stands on a hill.",
+    "template": "tags-nl-generated",
+}
+_RETRY = {"control": False, "retries": 10}
+
+
+def _missed_targets(result: Any, length: Any) -> list[str]:
+    """The length targets a result misses: its tag count and each caption's sentence count."""
+    from ..postprocess import split_sentences
+
+    missed = []
+    tag_min, tag_max = length.tag_range
+    if not tag_min <= len(result.tags.special) + len(result.tags.general) <= tag_max:
+        missed.append("tags")
+    nl_min, nl_max = length.nl_range
+    for name in ("extended", "generated"):
+        count = len(split_sentences(getattr(result, name)))
+        if count < nl_min or (nl_max is not None and count > nl_max):
+            missed.append(name)
+    return missed
+
+
+__all__ = ["pipeline_rows", "retry_rows"]
