@@ -237,6 +237,9 @@ def test_bench_runs_every_section_on_a_tiny_checkpoint(capsys, tiny_checkpoint):
     modes = {(r["mode"], r["variants"]) for r in report["pipeline"]}
     assert ("reference retry loop", 1) in modes and ("one pass, controlled", 16) in modes
     assert ("one pass, controlled, free tags", 16) in modes
+    by_mode = {(r["mode"], r["variants"]): r for r in report["pipeline"]}
+    jumping = by_mode[("one pass, controlled", 1)]["forwards_per_token"]
+    assert 0 < jumping <= by_mode[("one pass, controlled, token by token", 1)]["forwards_per_token"]
     controlled = [r for r in report["retries"] if r["mode"] == "one pass, controlled"]
     assert len(controlled) == 4 and all(r["met_targets"] == r["requests"] for r in controlled)
 

@@ -22,7 +22,7 @@ def format_report(report: dict[str, Any]) -> str:
           "greedy agreement"]),
         ("pipeline", None, _pipeline_line,
          ["request mode", "variants", "s", "tokens", "tokens/s", "passes/request",
-          "tokens/request", "met length targets"]),
+          "tokens/request", "forward passes/token", "met length targets"]),
         ("retries", "format-aware noise model, same requests in both modes:", _retry_line,
          ["length", "mode", "passes/request", "new tokens/request", "prompt tokens/request",
           "met length targets"]),
@@ -62,7 +62,8 @@ def _pipeline_line(r: dict[str, Any]) -> str:
     return (
         f"| {r['mode']} | {r['variants']} | {r['seconds']:.1f} | {r['tokens']} | "
         f"{r['tokens_per_s']:.1f} | {r['passes_per_request']:.1f} | "
-        f"{r['tokens_per_request']:.0f} | {_met(r, r['variants'])} |"
+        f"{r['tokens_per_request']:.0f} | {r.get('forwards_per_token', float('nan')):.2f} | "
+        f"{_met(r, r['variants'])} |"
     )
 
 

@@ -19,28 +19,37 @@ def pipeline_rows(checkpoint: Path) -> list[dict[str, Any]]:
     from ..request import ExpandRequest
 
     tipo = TIPO.load(checkpoint)
+    # The torch engine counts its forward passes; jump-forward can be switched off to compare.
+    scheduler = getattr(getattr(tipo.backend, "engine", None), "scheduler", None)
     base = _REQUEST | {"tag_length": "long", "nl_length": "long", "seed": 1}
-    modes = {
-        "one pass, controlled": {"control": True},
-        "one pass, controlled, free tags": {"control": True, "vocabulary": False},
-        "reference retry loop": _RETRY,
-        "one pass, uncontrolled": {"control": False},
+    modes: dict[str, tuple[dict[str, Any], bool]] = {
+        "one pass, controlled": ({"control": True}, True),
+        "one pass, controlled, token by token": ({"control": True}, False),
+        "one pass, controlled, free tags": ({"control": True, "vocabulary": False}, True),
+        "reference retry loop": (_RETRY, True),
+        "one pass, uncontrolled": ({"control": False}, True),
     }
     # Untimed: the token table and the vocabulary's prefix tree are built on first use.
     tipo.run_many([ExpandRequest.create(tags="1girl", max_new_tokens=8)])
     rows = []
     for variants in (1, 16):
-        for name, options in modes.items():
+        for name, (options, jump) in modes.items():
             if variants > 1 and name == "reference retry loop":
                 continue
             request = ExpandRequest.create(**base, **options)
             batch = [request.with_seed(1 + i) for i in range(variants)]
+            if scheduler is not None:
+                scheduler.jump_forward = jump
+            passes = scheduler.forward_passes if scheduler is not None else 0
             start = time.perf_counter()
             outcomes = tipo.run_many(batch)
             seconds = time.perf_counter() - start
             results = [r for r in outcomes if not isinstance(r, TipoError)]
             rows.append(_pipeline_row(name, variants, results, seconds))
             rows[-1]["failed"] = len(outcomes) - len(results)
+            if scheduler is not None:
+                forwards = scheduler.forward_passes - passes
+                rows[-1]["forwards_per_token"] = forwards / max(rows[-1]["tokens"], 1)
             log(f"pipeline {name} x{variants}: {rows[-1]['tokens_per_s']:.1f} tok/s")
     tipo.close()
     return rows

@@ -93,6 +93,8 @@ class FieldConstraint:
         self.excluded: dict[int, set[int]] = {}  # position -> first tokens refused there
         self.rollbacks = 0
         self._count_cache: tuple[object, bool] = (None, False)
+        self._version = 0  # bumped by every accepted token: names the state the masks are for
+        self._masks: tuple[int, list[Mask]] = (-1, [])
         self._reset()
 
     # --- state ---------------------------------------------------------------------------
@@ -133,6 +135,7 @@ class FieldConstraint:
     # --- feeding tokens ------------------------------------------------------------------
 
     def accept(self, token_id: int) -> int:
+        self._version += 1
         self.tokens.append(token_id)
         self._feed_token(token_id)
         if self.control.rollback and (self._dead_end() or self._boxed_in()):
@@ -244,12 +247,32 @@ class FieldConstraint:
 
     # --- masking -------------------------------------------------------------------------
 
-    def mask_logits(self, logits: Any) -> None:
+    def _step_masks(self) -> list[Mask]:
+        """This step's masks, strictest first; computed once per state (``forced_token`` and
+        ``mask_logits`` both ask)."""
         from .rules import step_masks
 
-        for mask in step_masks(self):
+        if self._masks[0] != self._version:
+            self._masks = (self._version, step_masks(self))
+        return self._masks[1]
+
+    def mask_logits(self, logits: Any) -> None:
+        for mask in self._step_masks():
             if mask.write(logits):
                 return
+
+    def forced_token(self) -> int | None:
+        """The one token the next step allows (a key written for the model, the rest of a tag
+        whose prefix is unique in the vocabulary, the EOS after the last field), or None when
+        the model has a choice. The same rules as ``mask_logits``: sampling with that mask
+        could only pick this token, so a decoder may append it without computing logits."""
+        for mask in self._step_masks():
+            choices = mask.choices()
+            if choices is None:
+                return None
+            if choices:  # the first mask that leaves a token is the one mask_logits writes
+                return next(iter(choices)) if len(choices) == 1 else None
+        return None
 
     @property
     def remaining(self) -> int:

@@ -51,6 +51,11 @@ class Mask:
             removed |= {i for i in self.table.class_set(name) if i in self.allowed}
         return (self.allowed - removed if removed else self.allowed), frozenset(removed)
 
+    def choices(self) -> set[int] | None:
+        """The ids this mask leaves (possibly none), or None when it only forbids some."""
+        final = self._final_allowed()
+        return None if final is None else final[0]
+
     def is_empty(self) -> bool:
         """True when the rules restrict to a set and nothing of it is left."""
         final = self._final_allowed()

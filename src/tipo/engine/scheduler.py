@@ -11,6 +11,13 @@ token, and its last token joins the batched decode step that samples the first n
 Rolling back n tokens just shortens ``tokens``: the cache positions beyond are stale and are
 overwritten (or masked) by later steps.
 
+Jump-forward: when a sequence's constraint leaves exactly one allowed token (``forced_token``:
+a field key, the rest of a tag whose prefix is unique in the vocabulary), the token is appended
+at once instead of being sampled, still drawing the random number sampling would have used, so
+the output is the same as token by token. A lone sequence then computes the whole forced run
+and the next token in one forward pass; in a batch, a row catches up one token per step without
+sampling, never holding the others back.
+
 Not thread-safe: one thread (a server's engine loop) owns the scheduler.
 """
 
@@ -45,6 +52,8 @@ class Sequence:
     first_token_at: float = 0.0
     rollbacks: int = 0
     cached_prefix: int = 0  # prompt tokens whose keys/values came from the prefix cache
+    computed: int = 0  # positions whose keys/values this row's cache holds
+    forced: int = 0  # tokens appended by jump-forward, without sampling
 
     @property
     def prompt_len(self) -> int:
@@ -56,8 +65,14 @@ class Sequence:
 
     @property
     def cached(self) -> int:
-        """Positions of this sequence held in its cache row."""
-        return len(self.tokens) - 1
+        """Positions of this sequence held in its cache row: all but the last token, except
+        while jump-forward tokens wait to be computed (or after a rollback, fewer)."""
+        return min(self.computed, len(self.tokens) - 1)
+
+    @property
+    def pending(self) -> int:
+        """Tokens not yet in the cache, the next step's input included (1 normally)."""
+        return len(self.tokens) - self.cached
 
 
 class Scheduler:
@@ -66,6 +81,8 @@ class Scheduler:
             raise InvalidRequestError("max_batch must be >= 1")
         self.model, self.max_batch = model, max_batch
         self.ignore_eos = False  # benchmarks: decode exactly max_new_tokens
+        self.jump_forward = True  # append forced tokens without sampling (same output)
+        self.forward_passes = 0  # model calls, prefill and decode (the bench reports them)
         self.config = model.config
         self.cache = KVCache(model.config, model.kv_dtype, model.device)
         self.active: list[Sequence] = []  # active[i] lives in cache row i
@@ -124,7 +141,11 @@ class Scheduler:
         now = time.perf_counter()
         finished: list[tuple[int, FinishReason]] = []
         for row, (sequence, token) in enumerate(zip(self.active, tokens, strict=True)):
+            if token is None:  # catching up on jump-forward tokens: nothing sampled
+                continue
             reason = self._accept(row, sequence, token, now, result)
+            if reason is None and self.jump_forward:
+                reason = self._jump_forward(row, sequence, now, result)
             if reason is not None:
                 finished.append((row, reason))
         for row, reason in reversed(finished):  # from the back: rows move down on removal
@@ -160,7 +181,8 @@ class Scheduler:
             rest = torch.tensor([prompt[reused:-1]], device=self.model.device)
             self.model(rest, prefill_pass(row, reused, rest.shape[1], self.model.device),
                        self.cache.tensors, logits="none")  # fmt: skip
-        sequence.cached_prefix = reused
+            self.forward_passes += 1
+        sequence.cached_prefix, sequence.computed = reused, len(prompt) - 1
         self.cache.held[row] = []  # active: tracked through the sequence itself
         self._reset_seen(row, prompt)
         self.active.append(sequence)
@@ -178,14 +200,12 @@ class Scheduler:
 
     # -- one decode step ------------------------------------------------------------------------
 
-    def _decode(self) -> list[int]:
-        """Run the batch one position forward and choose each row's next token."""
+    def _decode(self) -> list[int | None]:
+        """Run the batch forward and choose the next token of every row whose input is its last
+        token; a row still catching up on jump-forward tokens gets None."""
         device, batch = self.model.device, len(self.active)
-        inputs = torch.tensor([[s.tokens[-1]] for s in self.active], device=device)  # [B, 1]
-        p = decode_pass([s.cached for s in self.active], device)
-        logits = self.model(inputs, p, self.cache.tensors, logits="last")
-        assert logits is not None
-        logits = logits.float()  # [B, V]
+        logits = self._forward()
+        sampled = [s.computed == len(s.tokens) for s in self.active]  # the input was the last
         if self._sampling is None:
             params = [s.request.sampling for s in self.active]
             self._sampling = SamplingBatch.build(params, self.config.vocab_size, device)
@@ -194,19 +214,65 @@ class Scheduler:
         if penalised:
             logits = apply_repetition_penalty(logits, self.seen[:batch], sampling.penalty)
         for row, sequence in enumerate(self.active):
-            if sequence.request.constraint is not None:
+            if sampled[row] and sequence.request.constraint is not None:
                 sequence.request.constraint.mask_logits(logits[row])
-        chosen = choose(logits, sampling, self._uniforms(sampling))
+        chosen = choose(logits, sampling, self._uniforms(sampling, sampled)).tolist()
         # Only rows with a penalty read ``seen``, and they update it whenever they decode.
         if penalised:
-            self.seen[torch.arange(batch, device=device), chosen] = True
-        return chosen.tolist()
+            rows = [row for row in range(batch) if sampled[row]]
+            self.seen[rows, [chosen[row] for row in rows]] = True
+        return [token if sampled[row] else None for row, token in enumerate(chosen)]
 
-    def _uniforms(self, sampling: SamplingBatch) -> Tensor:
-        """One uniform draw per sampled row, from that sequence's own generator."""
-        draws = [torch.rand(1, generator=s.generator) if not g else torch.zeros(1)
-                 for s, g in zip(self.active, sampling.greedy, strict=True)]  # fmt: skip
+    def _forward(self) -> Tensor:
+        """Logits [B, V] (fp32) after each row's next uncomputed token. A lone row computes all
+        its pending tokens at once (one pass for a jump-forward run and the token after it);
+        in a batch every row advances one position. Updates each row's ``computed``."""
+        device = self.model.device
+        self.forward_passes += 1
+        if len(self.active) == 1 and self.active[0].pending > 1:
+            sequence = self.active[0]
+            start = sequence.cached
+            run = torch.tensor([sequence.tokens[start:]], device=device)
+            p = prefill_pass(0, start, run.shape[1], device)
+            sequence.computed = len(sequence.tokens)
+        else:
+            starts = [s.cached for s in self.active]
+            run = torch.tensor([[s.tokens[i]] for s, i in zip(self.active, starts, strict=True)],
+                               device=device)  # fmt: skip
+            p = decode_pass(starts, device)
+            for sequence, start in zip(self.active, starts, strict=True):
+                sequence.computed = start + 1
+        logits = self.model(run, p, self.cache.tensors, logits="last")
+        assert logits is not None
+        return logits.float()
+
+    def _uniforms(self, sampling: SamplingBatch, sampled: list[bool]) -> Tensor:
+        """One uniform draw per sampled row, from that sequence's own generator (greedy rows and
+        rows catching up draw nothing)."""
+        rows = zip(self.active, sampling.greedy, sampled, strict=True)
+        draws = [torch.rand(1, generator=s.generator) if take and not greedy else torch.zeros(1)
+                 for s, greedy, take in rows]  # fmt: skip
         return torch.cat(draws).to(self.model.device)
+
+    def _jump_forward(
+        self, row: int, sequence: Sequence, now: float, result: StepResult
+    ) -> FinishReason | None:
+        """Append the tokens the constraint forces after the one just accepted, each as
+        sampling would have: its random draw taken, its ``seen`` bit set."""
+        constraint = sequence.request.constraint
+        forced_token = getattr(constraint, "forced_token", None)
+        if forced_token is None:
+            return None
+        greedy = sequence.request.sampling.greedy
+        while (token := forced_token()) is not None:
+            if not greedy:
+                torch.rand(1, generator=sequence.generator)
+            self.seen[row, token] = True
+            sequence.forced += 1
+            reason = self._accept(row, sequence, token, now, result)
+            if reason is not None:
+                return reason
+        return None
 
     def _accept(
         self, row: int, sequence: Sequence, token: int, now: float, result: StepResult
@@ -221,6 +287,7 @@ class Scheduler:
         if discard > 0:
             discard = min(discard, len(sequence.generated))
             del sequence.tokens[len(sequence.tokens) - discard :]
+            sequence.computed = min(sequence.computed, len(sequence.tokens))
             sequence.rollbacks += 1
             self._reset_seen(row, sequence.tokens)
             result.rollbacks.append((sequence.handle, discard))
@@ -278,6 +345,7 @@ class Scheduler:
             extra={
                 "cached_prompt_tokens": float(sequence.cached_prefix),
                 "rollbacks": float(sequence.rollbacks),
+                "forced_tokens": float(sequence.forced),
             },
         )
 
