@@ -17,7 +17,7 @@ from ..engine.config import EngineConfig, expected_shapes
 from ..engine.engine import Engine
 from ..engine.weights import write_safetensors
 from .system import peak_rss_mb
-from .workload import BENCH_SAMPLING, bench_requests
+from .workload import BENCH_SAMPLING, bench_requests, decode_figures
 
 
 def write_random_checkpoint(
@@ -63,21 +63,13 @@ def time_decode(
     start = time.perf_counter()
     results = engine.generate(requests)
     wall = time.perf_counter() - start
-    ttft = max(r.prefill_seconds for r in results)
-    decode = max(r.decode_seconds for r in results)
-    produced = sum(len(r.token_ids) + (r.finish_reason == "eos") for r in results)
-    steps = max(len(r.token_ids) for r in results)
     return {
         "engine": "torch",
         "dtype": engine.format,
         "batch": batch,
         "prompt_len": prompt_len,
         "new_tokens": new_tokens,
-        "tokens": produced,
-        "tokens_per_second": produced / wall,
-        "decode_tokens_per_second": (produced - batch) / decode if decode > 0 else 0.0,
-        "ms_per_step": 1000 * decode / max(steps - 1, 1),
-        "ttft_seconds": ttft,
+        **decode_figures(results, wall, batch),
         "load_seconds": load_seconds,
         "load_peak_rss_mb": load_rss,
         "peak_rss_mb": peak_rss_mb(),

@@ -15,7 +15,7 @@ from ..backends.llamacpp import LlamaCppBackend, load
 from ..checkpoints import Checkpoint
 from ..sampling import SamplingParams
 from .system import peak_rss_mb
-from .workload import bench_requests, random_prompts
+from .workload import bench_requests, decode_figures, random_prompts
 
 
 def _open(path: str | os.PathLike[str], **options: Any) -> LlamaCppBackend:
@@ -54,20 +54,13 @@ def time_decode_gguf(
         wall = time.perf_counter() - start
     finally:
         backend.close()
-    decode = max(r.decode_seconds for r in results)
-    produced = sum(len(r.token_ids) for r in results)
-    steps = max(len(r.token_ids) for r in results)
     return {
         "engine": "llama.cpp",
         "file": str(gguf_path),
         "batch": batch,
         "prompt_len": prompt_len,
         "new_tokens": new_tokens,
-        "tokens": produced,
-        "tokens_per_second": produced / wall,
-        "decode_tokens_per_second": (produced - batch) / decode if decode > 0 else 0.0,
-        "ms_per_step": 1000 * decode / max(steps - 1, 1),
-        "ttft_seconds": max(r.prefill_seconds for r in results),
+        **decode_figures(results, wall, batch),
         "load_seconds": load_seconds,
         "peak_rss_mb": peak_rss_mb(),
         "generated": [len(r.token_ids) for r in results],

@@ -9,8 +9,9 @@ reference row runs). Torch-free, so the llama.cpp rows' processes do not load to
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
-from ..backends.base import GenerationRequest
+from ..backends.base import Generation, GenerationRequest
 from ..sampling import SamplingParams
 
 BENCH_SAMPLING = SamplingParams(temperature=0.5, top_k=60, top_p=0.95, min_p=0.0,
@@ -36,4 +37,20 @@ def bench_requests(
     return [GenerationRequest(prompt, params, seed=seed + i) for i in range(batch)]
 
 
-__all__ = ["BENCH_SAMPLING", "bench_requests", "random_prompts"]
+def decode_figures(results: Sequence[Generation], wall: float, batch: int) -> dict[str, float]:
+    """The figures every speed row reports, from the generations of one timed call that took
+    ``wall`` seconds: tokens/s over the call and over decoding alone, ms per decode step, time
+    to the first token."""
+    produced = sum(len(r.token_ids) + (r.finish_reason == "eos") for r in results)
+    decode = max(r.decode_seconds for r in results)
+    steps = max(len(r.token_ids) for r in results)
+    return {
+        "tokens": produced,
+        "tokens_per_second": produced / wall,
+        "decode_tokens_per_second": (produced - batch) / decode if decode > 0 else 0.0,
+        "ms_per_step": 1000 * decode / max(steps - 1, 1),
+        "ttft_seconds": max(r.prefill_seconds for r in results),
+    }
+
+
+__all__ = ["BENCH_SAMPLING", "bench_requests", "decode_figures", "random_prompts"]
