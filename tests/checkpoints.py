@@ -13,10 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tipo.train import hf_folder
-from tipo.train.hf_folder import (
-    generation_config,
-    llama_config,
-)
+from tipo.train.hf_folder import generation_config, llama_config
 
 
 def shared_dir() -> Path:
@@ -62,8 +59,8 @@ def make_tiny_checkpoint(
         dtype=dtype,
         max_position_embeddings=max_position_embeddings,
     )
-    _write_json(path / "config.json", config)
-    _write_json(path / "generation_config.json", generation_config())
+    hf_folder.write_json(path / "config.json", config)
+    hf_folder.write_json(path / "generation_config.json", generation_config())
     _write_weights(path / "model.safetensors", config, seed=seed, std=weight_std)
     write_tokenizer_files(path)
     return path
@@ -113,7 +110,3 @@ def _write_weights(path: Path, config: dict[str, Any], *, seed: int, std: float)
 def write_tokenizer_files(path: Path) -> None:
     """The TIPO tokenizer files, with the shared LLaMA tokenizer.model."""
     hf_folder.write_tokenizer_files(path, llama_tokenizer_model())
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    hf_folder.write_json(path, data)

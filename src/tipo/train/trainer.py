@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..data.batches import count_tokens
 from ..errors import InvalidRequestError
 from .batches import BatchPlan, StepBatches
 from .config import TrainConfig
@@ -135,6 +136,9 @@ class Trainer:
         self.processes = Processes.start(config.device)
         self.log = log or (lambda text: print(text, file=sys.stderr, flush=True))
         self.tokenizer = self._prepare_tokenizer()
+        # Resolved once (a Hub id may be looked up online); rank 0 has fetched it by now.
+        self.base = base_folder(config.base) if config.base is not None else None
+        self.precision = self._precision()
         self.records = self._read_records()
         world = self.processes.world
         self.plan = BatchPlan(
@@ -184,8 +188,9 @@ class Trainer:
         identity.update(global_batch=self.plan.global_batch, total_steps=self.total_steps)
         return identity
 
-    def _build_model(self) -> tuple[nn.Module, int]:
-        """The model to train and the step to start at (0, or the resumed checkpoint's)."""
+    def _build_model(self) -> tuple[nn.Module, Path | None, int]:
+        """The model to train, the checkpoint it resumes from (None: a new run) and the step to
+        start at."""
         config = self.config
         newest = self.folder.newest()
         if newest is not None and not config.resume:
@@ -196,13 +201,13 @@ class Trainer:
         if config.resume and newest is not None:
             state = read_state(newest)
             self._check_resumable(state)
-            if config.lora:
-                model = load_adapter(load_model(base_folder(config.base or "")), newest / "adapter")
+            if self.base is not None and config.lora:
+                model = load_adapter(load_model(self.base), newest / "adapter")
             else:
                 model = load_model(newest / "model")
-            return model, int(state["step"])
-        if config.base is not None:
-            model = load_model(base_folder(config.base))
+            return model, newest, int(state["step"])
+        if self.base is not None:
+            model = load_model(self.base)
         else:
             model = new_model(preset_config(config.preset or ""), config.seed)
         if config.lora:
@@ -210,7 +215,7 @@ class Trainer:
 
             torch.manual_seed(config.seed)  # LoRA A matrices start random
             model = add_lora(model, config)
-        return model, 0
+        return model, None, 0
 
     def _check_resumable(self, state: dict[str, Any]) -> None:
         saved, now = state.get("identity", {}), self._identity()
@@ -233,7 +238,7 @@ class Trainer:
         if processes.main:
             self.folder.path.mkdir(parents=True, exist_ok=True)
             _write_yaml(self.folder.path / "config.yaml", config.to_dict())
-        model, start = self._build_model()
+        model, resumed, start = self._build_model()
         model.to(processes.device).train()  # from_pretrained returns eval mode
         if config.gradient_checkpointing:  # transformers 5 renamed the method
             enable = getattr(model, "activation_checkpointing_enable", None)
@@ -249,8 +254,8 @@ class Trainer:
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, warmup, self.total_steps, floor)
         )
-        if start:
-            saved = torch.load(self.folder.newest() / "optimizer.pt", map_location="cpu")
+        if resumed is not None:
+            saved = torch.load(resumed / "optimizer.pt", map_location="cpu")
             optimizer.load_state_dict(saved["optimizer"])
             schedule.load_state_dict(saved["schedule"])
         wrapped = model
@@ -292,7 +297,7 @@ class Trainer:
         self.log(
             f"{len(self.records)} records; {self.total_steps} steps of {plan.global_batch} "
             f"samples ({plan.steps_per_epoch} per epoch) on {self.processes.world} process(es), "
-            f"{self.processes.device}, {self._precision()}; training {count:,} of {total:,} "
+            f"{self.processes.device}, {self.precision}; training {count:,} of {total:,} "
             "parameters" + (f"; resuming after step {start}" if start else "")
         )
         if self.config.warmup_steps >= self.total_steps:
@@ -319,13 +324,10 @@ class Trainer:
         import torch.nn.functional as F
 
         device, world = self.processes.device, self.processes.world
-        local = [
-            [float(b["attention_mask"].sum()), float((b["labels"][:, 1:] != -100).sum())]
-            for b in micro
-        ]
-        tokens, label_tokens = self.processes.sum([sum(c) for c in zip(*local, strict=True)])
+        counts = [count_tokens(batch) for batch in micro]  # (tokens, tokens with a label)
+        tokens, label_tokens = self.processes.sum([sum(c) for c in zip(*counts, strict=True)])
         scale = world / max(label_tokens, 1.0)
-        bf16 = self._precision() == "bf16"
+        bf16 = self.precision == "bf16"
         loss_sum = torch.zeros((), device=device)
         for index, batch in enumerate(micro):
             last = index == len(micro) - 1
@@ -365,7 +367,7 @@ class Trainer:
             state = {
                 "step": step,
                 "identity": self._identity(),
-                "base": str(base_folder(self.config.base)) if self.config.base else None,
+                "base": str(self.base) if self.base is not None else None,
                 "lora": self.config.lora,
             }
             self.folder.publish(staged, step, state, self.config.keep_checkpoints)
