@@ -19,6 +19,7 @@ from tipo.bench.quality import (  # noqa: E402
 )
 from tipo.engine.engine import Engine, sequence_logits  # noqa: E402
 from tipo.engine.quant import (  # noqa: E402
+    DynamicInt8Linear,
     Int4Linear,
     Int8Linear,
     make_linear,
@@ -92,8 +93,19 @@ def test_int4_range_search_never_does_worse_than_min_max() -> None:
 
 def test_int4_models_keep_an_int8_output_head(tiny_checkpoint: Path) -> None:
     model = load_model(tiny_checkpoint, "int4")
-    assert isinstance(model.lm_head, Int8Linear)
+    assert isinstance(model.lm_head, DynamicInt8Linear)
     assert isinstance(model.blocks[0].mlp.down, Int4Linear)
+
+
+def test_int8_models_quantise_only_robust_inputs_per_call(tiny_checkpoint: Path) -> None:
+    """Per-call activation quantisation only where its input tolerates it (gate_up, head);
+    q/k/v, the attention output and the MLP down projection are weight-only."""
+    model = load_model(tiny_checkpoint, "int8")
+    block = model.blocks[0]
+    assert isinstance(model.lm_head, DynamicInt8Linear)
+    assert isinstance(block.mlp.gate_up, DynamicInt8Linear)
+    for layer in (block.attn.qkv, block.attn.out, block.mlp.down):
+        assert isinstance(layer, Int8Linear)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 16])
@@ -116,13 +128,31 @@ def test_int4_uses_its_int8_copy_for_large_batches() -> None:
     torch.testing.assert_close(layer(x).float(), x.float() @ w.T, atol=0.05, rtol=0.05)
 
 
-def test_int8_kernel_matches_the_portable_path() -> None:
+@pytest.mark.parametrize("rows", [1, 4, 5, 16])
+def test_weight_only_int8_kernels_match_the_portable_path(rows: int) -> None:
+    """Up to SMALL_ROWS rows aten's int8-weight kernel, beyond the bf16 copy: both compute the
+    int8 weights on bf16 activations, within bf16 rounding of the portable fp32 path."""
+    w, bias = weight(), torch.randn(48) * 0.1
+    x = torch.randn(rows, 64, generator=torch.Generator().manual_seed(3))
+    kernel, portable = Int8Linear(w, bias, cpu_kernel=True), Int8Linear(w, bias, cpu_kernel=False)
+    assert kernel.large is not None and portable.large is None
+    torch.testing.assert_close(kernel(x).float(), portable(x), atol=0.01, rtol=0.01)
+    torch.testing.assert_close(portable(x), x @ w.T + bias, atol=0.01, rtol=0.01)
+
+
+def test_weight_only_int8_rows_do_not_depend_on_each_other() -> None:
+    """No per-call activation scale: a row computes the same alone as inside a batch."""
+    layer = Int8Linear(weight(), None, cpu_kernel=True)
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(4))
+    x[2] *= 100  # an outlier row would coarsen a per-call scale for the others
+    torch.testing.assert_close(layer(x)[0], layer(x[:1])[0], atol=0, rtol=0)
+
+
+def test_dynamic_int8_is_close_to_fp32() -> None:
     w, bias = weight(), torch.randn(48) * 0.1
     x = torch.randn(5, 64, generator=torch.Generator().manual_seed(3))
-    kernel, portable = Int8Linear(w, bias, cpu_kernel=True), Int8Linear(w, bias, cpu_kernel=False)
     # fbgemm also quantises the activations (8 bits per call): close, not equal.
-    torch.testing.assert_close(kernel(x), portable(x), atol=0.02, rtol=0.02)
-    torch.testing.assert_close(portable(x), x @ w.T + bias, atol=0.01, rtol=0.01)
+    torch.testing.assert_close(DynamicInt8Linear(w, bias)(x), x @ w.T + bias, atol=0.02, rtol=0.02)
 
 
 @pytest.mark.parametrize("fmt", ["float32", "bfloat16", "float16"])

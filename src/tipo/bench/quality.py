@@ -42,18 +42,19 @@ PROTOCOL_PROMPT = (1, 21700, 29901, 2498, 13, 294, 1103, 11959, 29901, 29871, 29
 TAG_PREFIX, COMMA = (4039, 29901), 29892  # "tag", ":" and ","
 PROMPTS_FILE = "quality_prompts.json"  # prompts from the synthetic language, beside its weights
 GREEDY = SamplingParams(temperature=0, repetition_penalty=1.0)
+QUALITY_NEW_TOKENS = 256  # greedy tokens each prompt is continued by
 
 
 def quality_report(
     checkpoint: str | Path,
     dtype: str,
     *,
-    new_tokens: int = 256,
+    new_tokens: int = QUALITY_NEW_TOKENS,
     prompts: list[list[int]] | None = None,
     reference: str = "float32",
 ) -> dict[str, Any]:
     """Compare format ``dtype`` with ``reference`` weights on greedy continuations."""
-    prompts = prompts or _default_prompts(Path(checkpoint))
+    prompts = prompts or quality_prompts(Path(checkpoint))
     ref = Engine.load(checkpoint, dtype=reference, max_batch=len(prompts))
     # int4 without its int8 copy, which would otherwise serve the teacher-forced pass (many
     # rows): the report is about the 4-bit weights, the worst case of that format.
@@ -80,7 +81,9 @@ def quality_report(
     }
 
 
-def _default_prompts(folder: Path) -> list[list[int]]:
+def quality_prompts(folder: Path) -> list[list[int]]:
+    """The prompts a quality report reads: the trained model's own (``PROMPTS_FILE``), else
+    one real TIPO prompt."""
     file = folder / PROMPTS_FILE
     if file.is_file():
         return [list(p) for p in json.loads(file.read_text())]

@@ -18,8 +18,8 @@ def format_report(report: dict[str, Any]) -> str:
          ["engine", "weights", "batch", "tokens/s", "ms/step", "TTFT s", "load s",
           "peak RSS MB", "× reference", "of bandwidth bound"]),
         ("quality", None, _quality_line,
-         ["engine", "format", "vs", "max logit err", "mean logit err", "top-1 agreement",
-          "greedy agreement"]),
+         ["engine", "format", "vs", "max logit err", "mean logit err", "mean KL",
+          "top-1 agreement", "greedy agreement"]),
         ("pipeline", None, _pipeline_line,
          ["request mode", "variants", "s", "tokens", "tokens/s", "passes/request",
           "tokens/request", "forward passes/token", "met length targets"]),
@@ -54,7 +54,8 @@ def _quality_line(r: dict[str, Any]) -> str:
     greedy = r.get("greedy_agreement", r.get("greedy_prefix", float("nan")))
     return (
         f"| {r['engine']} | {r['dtype']} | {r['reference']} | {r['max_abs_logit_error']:.4f} | "
-        f"{r['mean_abs_logit_error']:.4f} | {top1:.1%} | {greedy:.1%} |"
+        f"{r['mean_abs_logit_error']:.4f} | {r.get('mean_kl', float('nan')):.2e} | {top1:.1%} | "
+        f"{greedy:.1%} |"
     )
 
 

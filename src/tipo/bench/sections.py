@@ -163,10 +163,14 @@ def quality_rows(o: BenchOptions, scratch: Path, skipped: list[dict[str, str]]) 
         return rows
     from ..convert import convert
     from .llamacpp import gguf_quality_report
+    from .quality import QUALITY_NEW_TOKENS, quality_prompts
 
-    files = {q: convert(trained, scratch / f"trained-{q}.gguf", q) for q in GGUF_QUANTS}
+    # The same prompts and continuation length as the torch rows above, so the figures compare.
+    prompts, files = quality_prompts(trained), {}
+    for quant in GGUF_QUANTS:
+        files[quant] = convert(trained, scratch / f"trained-{quant}.gguf", quant)
     for quant in GGUF_QUANTS[1:]:
-        report = gguf_quality_report(files["F16"], files[quant], new_tokens=128)
+        report = gguf_quality_report(files["F16"], files[quant], prompts, QUALITY_NEW_TOKENS)
         rows.append({**report, "engine": "llama.cpp", "dtype": quant, "reference": "F16"})
     return rows
 

@@ -9,7 +9,10 @@ dtype its kernel wants (``act_dtype``); the model runs its whole residual stream
 | bfloat16 | bf16                                  | oneDNN linear, weights pre-packed   | bf16 |
 | float16  | fp16                                  | F.linear                            | fp16 |
 | int8     | int8 per output channel, symmetric    | fbgemm dynamic int8 (activations    | fp32 |
-|          |                                       | quantised per call, per tensor)     |      |
+|          |                                       | quantised per call, per tensor);    |      |
+|          |                                       | q/k/v, attention output and MLP down|      |
+|          |                                       | weight-only (weight_only_format,    |      |
+|          |                                       | Int8Linear)                         |      |
 | int4     | 4-bit, groups of 32 along the input,  | aten._weight_int4pack_mm_for_cpu    | bf16 |
 |          | asymmetric (scale + zero per group,   | for <= 5 rows; an int8 copy (fbgemm)|      |
 |          | range clipped for least error);       | for larger batches and prefill      |      |
@@ -47,6 +50,7 @@ def _overload(namespace: str, name: str) -> object:
 _fbgemm_linear = _overload("quantized", "linear_dynamic")
 _mkldnn_linear = _overload("mkldnn", "_linear_pointwise")
 _int4_mm = _overload("aten", "_weight_int4pack_mm_for_cpu")
+_int8_mm = _overload("aten", "_weight_int8pack_mm")
 
 
 def activation_dtype(fmt: str) -> torch.dtype:
@@ -60,6 +64,17 @@ def head_format(fmt: str) -> str:
     and at batch 1 fbgemm's int8 GEMM is faster than the 4-bit kernel on this 32k x 768
     matrix (0.8 vs 1.2 ms measured on 2 cores)."""
     return "int8" if fmt == "int4" else fmt
+
+
+def weight_only_format(fmt: str) -> str:
+    """The format of the layers whose inputs do not tolerate per-call activation quantisation:
+    the attention's q/k/v and output projections and the MLP's down projection. On the trained
+    model of bench/quality.py, quantising every layer's input per call (fbgemm's dynamic int8)
+    gave a mean KL to fp32 of 2.5e-3; with these three weight-only, 2.5e-4, below llama.cpp
+    Q8_0's 3.5e-4 to its F16 file. Most of it came from the down projection, whose input
+    silu(gate) * up is heavy-tailed (alone: 7e-4). gate_up and the head stay dynamic (fbgemm
+    is faster on them at batch 1 and they mattered least). Other formats are unchanged."""
+    return "int8_weight_only" if fmt == "int8" else fmt
 
 
 def kv_cache_dtype(fmt: str, device: torch.device) -> torch.dtype:
@@ -105,27 +120,68 @@ class PackedBf16Linear(nn.Module):
 
 
 class Int8Linear(nn.Module):
-    """Per-output-channel symmetric int8 weights. On CPU: fbgemm's dynamic-quantisation GEMM,
-    which quantises the fp32 activations to uint8 per call (one scale per call, over the whole
-    batch, so a row's rounding depends on the other rows in the batch)."""
+    """Weight-only int8: per-output-channel symmetric int8 weights, activations not quantised.
+
+    On CPU a call of at most ``SMALL_ROWS`` rows (decoding up to that many sequences) runs
+    aten's int8-weight kernel on bf16 activations, reading 1 byte per weight (per token on 2
+    cores, TIPO-200M shapes: 59 vs fbgemm's 46 us on q/k/v, 13 vs 19 on the attention output,
+    62 vs 56 on the MLP down projection). It is a matrix-vector loop, slow for more rows, so
+    larger calls (prefill, batched decode) run oneDNN's bf16 GEMM on a bf16 copy of the same
+    quantised weights (3 bytes per weight in memory in all). Unlike fbgemm's dynamic kernel,
+    nothing depends on the activations' range, so a row's result does not depend on the other
+    rows in its batch (see weight_only_format for what that does to the model's error).
+    Elsewhere (GPU) the int8 weights are dequantised per call.
+    """
+
+    SMALL_ROWS = 4
 
     def __init__(self, weight: Tensor, bias: Tensor | None, cpu_kernel: bool | None = None) -> None:
         super().__init__()
         self.out_features = weight.shape[0]
-        self.bias = bias.float() if bias is not None else None
-        use_kernel = weight.is_cpu if cpu_kernel is None else cpu_kernel
-        self.packed = _fbgemm_pack(weight, self.bias) if use_kernel else None
-        # The portable path keeps the int8 weights themselves: [out, in] int8, [out] scales.
-        self.qweight, self.scale = quantize_int8(weight) if self.packed is None else (None, None)
+        self.qweight, scale = quantize_int8(weight)  # [out, in] int8, [out] fp32
+        use_kernel = (weight.is_cpu if cpu_kernel is None else cpu_kernel) and _int8_mm is not None
+        dtype = torch.bfloat16 if use_kernel else weight.dtype
+        self.scale = scale.to(dtype)
+        self.bias = None if bias is None else bias.to(dtype)
+        self.large: nn.Module | None = None
+        if use_kernel:
+            dequantised = (self.qweight.float() * scale[:, None]).to(torch.bfloat16)
+            self.large = make_linear(dequantised, self.bias, "bfloat16")
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.packed is not None:
-            # fbgemm takes fp32 activations (an int4 model's head or large batches pass bf16)
-            x = x if x.dtype == torch.float32 else x.float()
-            return _fbgemm_linear(x, self.packed, False)
-        assert self.qweight is not None and self.scale is not None
-        out = F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)
-        return out if self.bias is None else out + self.bias.to(x.dtype)
+        """On the CPU kernels the result is bf16 whatever ``x`` is: the model's consumers (the
+        residual addition, RoPE, the cache write) promote or cast it anyway, so casting back
+        here would be one more op per layer and token."""
+        if self.large is None:  # portable path
+            out = F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)
+            return out if self.bias is None else out + self.bias.to(x.dtype)
+        if x.dtype != torch.bfloat16:
+            x = x.to(torch.bfloat16)
+        if x.numel() > self.SMALL_ROWS * x.shape[-1]:
+            return self.large.forward(x)
+        out = _int8_mm(x.reshape(-1, x.shape[-1]), self.qweight, self.scale)
+        out = out.reshape(*x.shape[:-1], self.out_features)
+        return out if self.bias is None else out + self.bias
+
+
+class DynamicInt8Linear(nn.Module):
+    """Per-output-channel symmetric int8 weights run by fbgemm's dynamic-quantisation GEMM
+    (CPU), which quantises the fp32 activations to uint8 per call (one scale per call, over the
+    whole batch, so a row's rounding depends on the other rows). The fastest CPU GEMM from
+    about 8 rows on, but the least faithful: it serves int4 models' large calls and head."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        super().__init__()
+        self.out_features = weight.shape[0]
+        self.bias = bias.float() if bias is not None else None
+        self.packed = _fbgemm_pack(weight, self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _fbgemm_linear(x if x.dtype == torch.float32 else x.float(), self.packed, False)
+
+    @staticmethod
+    def available(weight: Tensor) -> bool:
+        return weight.is_cpu and hasattr(torch.ops.quantized, "linear_prepack")
 
 
 def int8_scales(weight: Tensor) -> Tensor:
@@ -140,11 +196,9 @@ def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
     return torch.round(weight.float() / scale[:, None]).to(torch.int8), scale
 
 
-def _fbgemm_pack(weight: Tensor, bias: Tensor | None) -> object | None:
-    """fbgemm's packed weight, or None where this torch build has no quantized CPU engine.
-    quantize_per_channel rounds like quantize_int8, in one fused pass over the weight."""
-    if not hasattr(torch.ops.quantized, "linear_prepack"):
-        return None
+def _fbgemm_pack(weight: Tensor, bias: Tensor | None) -> object:
+    """fbgemm's packed weight. quantize_per_channel rounds like quantize_int8, in one fused
+    pass over the weight."""
     scale = int8_scales(weight)
     zero = torch.zeros(scale.shape[0], dtype=torch.long)
     with warnings.catch_warnings():  # quantized tensors are deprecated, the kernel is not (yet)
@@ -180,13 +234,14 @@ class Int4Linear(nn.Module):
             self.qweight = None
         else:
             self.packed, self.qweight = None, qweight.to(torch.uint8)  # [out_padded, in]
-        self.int8 = Int8Linear(weight, bias) if large_batch_int8 and use_kernel else None
+        large = large_batch_int8 and use_kernel and DynamicInt8Linear.available(weight)
+        self.int8 = DynamicInt8Linear(weight, bias) if large else None
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         if self.int8 is not None and x2.shape[0] >= self.INT8_FROM_ROWS:
-            return self.int8(x.float()).to(x.dtype)
+            return self.int8.forward(x).to(x.dtype)
         if self.packed is not None:
             out = _int4_mm(x2, self.packed, INT4_GROUP, self.scales_zeros)
         else:
@@ -271,7 +326,11 @@ def make_linear(
         if PackedBf16Linear.available(weight):
             return PackedBf16Linear(weight, bias)
         return DenseLinear(weight, bias)
-    if fmt == "int8":
+    if fmt == "int8" and DynamicInt8Linear.available(weight):
+        return DynamicInt8Linear(weight, bias)
+    if fmt == "int8_weight_only" and _int8_mm is None and DynamicInt8Linear.available(weight):
+        return DynamicInt8Linear(weight, bias)  # torch < 2.3: no int8-weight CPU kernel
+    if fmt in ("int8", "int8_weight_only"):
         return Int8Linear(weight, bias)
     if fmt == "int4":
         if weight.is_cpu and not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
@@ -288,6 +347,7 @@ __all__ = [
     "INT4_GROUP",
     "WEIGHT_FORMATS",
     "DenseLinear",
+    "DynamicInt8Linear",
     "Int4Linear",
     "Int8Linear",
     "PackedBf16Linear",
@@ -298,4 +358,5 @@ __all__ = [
     "make_linear",
     "quantize_int4",
     "quantize_int8",
+    "weight_only_format",
 ]

@@ -24,7 +24,14 @@ from ..checkpoints import read_config, weight_files
 from ..errors import BackendError, CheckpointError
 from .config import EngineConfig, expected_shapes
 from .model import Attention, Block, FeedForward, RMSNorm, Transformer, interleave_rope_rows
-from .quant import WEIGHT_FORMATS, activation_dtype, head_format, kv_cache_dtype, make_linear
+from .quant import (
+    WEIGHT_FORMATS,
+    activation_dtype,
+    head_format,
+    kv_cache_dtype,
+    make_linear,
+    weight_only_format,
+)
 
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some exporters save; recomputed here
@@ -199,11 +206,12 @@ class _Builder:
 
     def block(self, index: int) -> Block:
         p, config = f"model.layers.{index}.", self.config
+        exact = weight_only_format(self.fmt)
         qkv = self.linear(f"{p}self_attn.", ["q_proj", "k_proj", "v_proj"],
-                          config.attention_bias, rope=True)  # fmt: skip
-        out = self.linear(f"{p}self_attn.", ["o_proj"], config.attention_bias)
+                          config.attention_bias, rope=True, fmt=exact)  # fmt: skip
+        out = self.linear(f"{p}self_attn.", ["o_proj"], config.attention_bias, fmt=exact)
         gate_up = self.linear(f"{p}mlp.", ["gate_proj", "up_proj"], config.mlp_bias)
-        down = self.linear(f"{p}mlp.", ["down_proj"], config.mlp_bias)
+        down = self.linear(f"{p}mlp.", ["down_proj"], config.mlp_bias, fmt=exact)
         return Block(
             self.norm(f"{p}input_layernorm.weight"),
             Attention(config, qkv, out),
