@@ -54,8 +54,9 @@ class KVCache:
             return
         rows, length = max(rows, self.rows), max(length, self.max_len)
         keys, values = self._empty(rows, length), self._empty(rows, length)
-        keys[:, : self.rows, :, : self.max_len] = self.keys
-        values[:, : self.rows, :, : self.max_len] = self.values
+        if self.keys.numel():
+            keys[:, : self.rows, :, : self.max_len] = self.keys
+            values[:, : self.rows, :, : self.max_len] = self.values
         self.keys, self.values = keys, values
         self.held += [[] for _ in range(rows - len(self.held))]
 

@@ -43,7 +43,7 @@ class SamplingBatch:
     min_p: Tensor
     penalty: Tensor
     greedy: list[bool]
-    largest_k: int = 0
+    k: list[int]  # top_k per row, on the host (vocab size where top-k is off)
     any_top_p: bool = True  # some row has top_p < 1
     any_min_p: bool = True  # some row has min_p > 0
 
@@ -61,14 +61,15 @@ class SamplingBatch:
             min_p=column([p.min_p for p in params]),
             penalty=column([p.repetition_penalty for p in params]),
             greedy=[p.greedy for p in params],
-            largest_k=max(top_k),
+            k=top_k,
             any_top_p=any(p.top_p < 1 for p in params),
             any_min_p=any(p.min_p > 0 for p in params),
         )
 
-    def rows(self, index: Tensor) -> SamplingBatch:
-        """The sub-batch of rows ``index`` (long [b])."""
-        rows = index.tolist()
+    def rows(self, rows: list[int]) -> SamplingBatch:
+        """The sub-batch of rows ``rows``, built without reading anything back from the
+        device."""
+        index = torch.tensor(rows, device=self.temperature.device)
         return SamplingBatch(
             params=[self.params[i] for i in rows],
             temperature=self.temperature[index],
@@ -77,7 +78,7 @@ class SamplingBatch:
             min_p=self.min_p[index],
             penalty=self.penalty[index],
             greedy=[self.greedy[i] for i in rows],
-            largest_k=int(self.top_k[index].max()),
+            k=[self.k[i] for i in rows],
             any_top_p=self.any_top_p,
             any_min_p=self.any_min_p,
         )
@@ -97,9 +98,17 @@ def top_candidates(logits: Tensor, batch: SamplingBatch) -> tuple[Tensor, Tensor
     (a positive divisor keeps the order; rounding may merge neighbours into ties, which the
     tie check below sees, as it compares scaled values)."""
     vocab = logits.shape[-1]
-    largest_k = batch.largest_k or int(batch.top_k.max())
-    count = vocab if largest_k + _TIE_MARGIN >= vocab else largest_k + _TIE_MARGIN
-    values, ids = logits.topk(count, dim=-1)
+    largest_k = max(batch.k)
+    # On the CPU the largest k plus a margin are enough unless ties run past them (checked
+    # below, a host read that costs nothing there); on a GPU a full sort is cheap and keeps
+    # the step free of host reads and of data-dependent shapes.
+    count = (
+        vocab if largest_k + _TIE_MARGIN >= vocab or not logits.is_cpu else largest_k + _TIE_MARGIN
+    )
+    if count < vocab:
+        values, ids = logits.topk(count, dim=-1)
+    else:
+        values, ids = logits.sort(dim=-1, descending=True)
     values = values / batch.temperature
     kth = values.gather(1, batch.top_k - 1)  # [B, 1] the k-th largest value per row
     # A k-th value of -inf (a constraint left fewer than k tokens) ties with every masked
@@ -148,8 +157,9 @@ def choose(logits: Tensor, batch: SamplingBatch, uniforms: Tensor) -> Tensor:
     tokens = logits.argmax(dim=-1)
     if all(batch.greedy):
         return tokens
-    sampled = torch.tensor([i for i, g in enumerate(batch.greedy) if not g], device=logits.device)
-    sub = batch.rows(sampled)
+    rows = [i for i, g in enumerate(batch.greedy) if not g]
+    sampled = torch.tensor(rows, device=logits.device)
+    sub = batch.rows(rows)
     values, ids = top_candidates(logits[sampled], sub)
     tokens[sampled] = draw(values, ids, uniforms[sampled])
     return tokens
