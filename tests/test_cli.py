@@ -224,6 +224,7 @@ def test_bench_runs_every_section_on_a_tiny_checkpoint(capsys, tiny_checkpoint):
         "--new-tokens",
         8,
         "--no-quality",
+        "--no-headline",
         "--retry-seeds",
         2,
         "--json",
@@ -242,6 +243,7 @@ def test_bench_runs_every_section_on_a_tiny_checkpoint(capsys, tiny_checkpoint):
     assert 0 < jumping <= by_mode[("one pass, controlled, token by token", 1)]["forwards_per_token"]
     controlled = [r for r in report["retries"] if r["mode"] == "one pass, controlled"]
     assert len(controlled) == 4 and all(r["met_targets"] == r["requests"] for r in controlled)
+    assert "headline" not in report  # --no-headline (tests/test_bench.py runs it)
 
 
 def test_bench_reports_the_rows_it_can_and_skips_the_rest_with_reasons(
@@ -258,8 +260,9 @@ def test_bench_reports_the_rows_it_can_and_skips_the_rest_with_reasons(
                          "--batches", "1", "--new-tokens", 4, "--no-quality")  # fmt: skip
     assert code == 0, err
     assert "| torch | float32 | 1 |" in out and "skipped:" in out
+    assert "headline (whole requests) rows: requests need a tokenizer" in out
     assert "- pipeline and retries rows: requests need a tokenizer" in out
-    llamacpp = "- llama.cpp speed rows: "
+    llamacpp = "- llama.cpp speed and headline rows: "
     assert llamacpp + "a GGUF file carries the vocabulary" in out or (
         llamacpp + "llama-cpp-python is not installed" in out
     )

@@ -198,10 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-llamacpp", dest="llamacpp", action="store_false")
     bench.add_argument("--no-quality", dest="quality", action="store_false")
     bench.add_argument("--no-pipeline", dest="pipeline", action="store_false")
+    bench.add_argument("--no-headline", dest="headline", action="store_false",
+                       help="skip the whole-request table (time to a finished prompt)")  # fmt: skip
     bench.add_argument("--retry-seeds", type=int, default=32,
                        help="requests per length and mode, retry-loop comparison")  # fmt: skip
     bench.add_argument("--quick", action="store_true",
-                       help="int8 and bfloat16, batches 1 and 16, 128 tokens, 8 seeds")  # fmt: skip
+                       help="int8 and bfloat16, batches 1 and 16, 128 tokens, 8 seeds, "
+                       "short requests only")  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_serve_parser(commands)
     _add_data_parser(commands)
@@ -443,11 +446,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         batches=args.batches, gguf_batches=args.gguf_batches,
         prompt_len=args.prompt_len, new_tokens=args.new_tokens, llamacpp=args.llamacpp,
         quality=args.quality, pipeline=args.pipeline, threads=args.threads,
-        retry_seeds=args.retry_seeds,
+        retry_seeds=args.retry_seeds, headline=args.headline,
     )  # fmt: skip
     if args.quick:
         options.dtypes, options.batches, options.gguf_batches = ("int8", "bfloat16"), (1, 16), (1,)
         options.new_tokens, options.retry_seeds = 128, min(options.retry_seeds, 8)
+        options.headline_lengths = ("short",)
     report = run(options)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

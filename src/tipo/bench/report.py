@@ -27,6 +27,13 @@ def format_report(report: dict[str, Any]) -> str:
          ["length", "mode", "passes/request", "new tokens/request", "prompt tokens/request",
           "met length targets"]),
     ]  # fmt: skip
+    if report.get("headline"):
+        lines += [
+            "",
+            "time to a finished prompt, seconds (whole requests; the reference path as "
+            "headline.py explains; 16-variant reference cells from a fitted cost model):",
+        ]
+        lines += _headline_table(report["headline"])
     for key, title, line, columns in sections:
         if report.get(key):
             lines += ["", *([title] if title else [])]
@@ -36,6 +43,20 @@ def format_report(report: dict[str, Any]) -> str:
         lines += ["", "skipped:"]
         lines += [f"- {item['rows']} rows: {item['reason']}" for item in report["skipped"]]
     return "\n".join(lines)
+
+
+def _headline_table(rows: list[dict[str, Any]]) -> list[str]:
+    engines = list(rows[0]["seconds"])
+    ours, others = engines[0], engines[1:]
+    columns = ["request", "length", "variants", *engines, *(f"{ours} × {e}" for e in others)]
+    lines = [f"| {' | '.join(columns)} |", "|---" * len(columns) + "|"]
+    for r in rows:
+        times = [r["seconds"][e] for e in engines]
+        ratios = [r["seconds"][e] / r["seconds"][ours] for e in others]
+        lines.append(f"| {r['request']} | {r['length']} | {r['variants']} | "
+                     + " | ".join(f"{t:.2f}" for t in times) + " | "
+                     + " | ".join(f"{x:.2f}" for x in ratios) + " |")  # fmt: skip
+    return lines
 
 
 def _speed_line(r: dict[str, Any]) -> str:

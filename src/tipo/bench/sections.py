@@ -1,5 +1,8 @@
 """``tipo bench``: every engine side by side, in one run, on one checkpoint.
 
+It leads with whole requests: the time to a finished prompt for the pipeline's common requests
+on each engine (headline.py).
+
 Speed does not depend on weight values, so by default the checkpoint is the TIPO-200M
 architecture with random weights, written to a temporary folder. Each speed row runs in a fresh
 process (its own load time and peak RSS) and decodes a fixed number of tokens with EOS ignored.
@@ -56,6 +59,8 @@ class BenchOptions:
     pipeline: bool = True
     threads: int | None = None
     retry_seeds: int = 32  # requests per length bucket and mode in retry_rows
+    headline: bool = True  # whole requests, time to a finished prompt (headline.py)
+    headline_lengths: tuple[str, ...] = ("short", "long")
 
 
 # --- speed ----------------------------------------------------------------------------------
@@ -81,9 +86,7 @@ def _timed_row(
     return row
 
 
-def speed_rows(
-    checkpoint: Path, o: BenchOptions, scratch: Path, skipped: list[dict[str, str]]
-) -> list[dict[str, Any]]:
+def speed_rows(checkpoint: Path, o: BenchOptions, gguf: dict[str, Path]) -> list[dict[str, Any]]:
     where = {"checkpoint": str(checkpoint)}
     rows = [_timed_row("transformers (reference)", "float32", 1, o, "decode",
                        "time_transformers", **where)]  # fmt: skip
@@ -92,7 +95,7 @@ def speed_rows(
         for dtype in o.dtypes
         for batch in o.batches
     ]
-    for quant, path in gguf_files(checkpoint, o, scratch, skipped).items():
+    for quant, path in gguf.items():
         rows += [
             _timed_row(
                 "llama.cpp", quant, batch, o, "llamacpp", "time_decode_gguf", gguf_path=str(path)
@@ -108,7 +111,7 @@ def gguf_files(
     """F16, Q8_0 and Q4_K_M files of ``checkpoint``, or {} with the reason in ``skipped``."""
     reason = llamacpp_missing(o, checkpoint)
     if reason:
-        skipped.append({"rows": "llama.cpp speed", "reason": reason})
+        skipped.append({"rows": "llama.cpp speed and headline", "reason": reason})
         return {}
     from ..convert import convert
 
@@ -215,13 +218,24 @@ def run(o: BenchOptions) -> dict[str, Any]:
             "new_tokens": o.new_tokens,
             "skipped": skipped,
         }
-        report["speed"] = _section("speed", skipped, speed_rows, checkpoint, o, scratch, skipped)
+        gguf = gguf_files(checkpoint, o, scratch, skipped)
+        has_tokenizer = (checkpoint / "tokenizer.model").is_file()
+        if o.headline and not has_tokenizer:
+            reason = "requests need a tokenizer: pass --tokenizer tokenizer.model"
+            skipped.append({"rows": "headline (whole requests)", "reason": reason})
+        elif o.headline:
+            from .headline import headline_rows
+
+            quantised = {q: path for q, path in gguf.items() if q != "F16"}
+            report["headline"] = _section("headline", skipped, headline_rows, checkpoint,
+                                          quantised, o.headline_lengths)  # fmt: skip
+        report["speed"] = _section("speed", skipped, speed_rows, checkpoint, o, gguf)
         add_ratios(report["speed"], params, bandwidth)
         if o.quality:
             report["quality"] = _section("quality", skipped, quality_rows, o, scratch, skipped)
         if not o.pipeline:
             return report
-        if not (checkpoint / "tokenizer.model").is_file():
+        if not has_tokenizer:
             reason = "requests need a tokenizer: pass --tokenizer tokenizer.model"
             skipped.append({"rows": "pipeline and retries", "reason": reason})
             return report
