@@ -74,7 +74,35 @@ def time_decode(
         "load_peak_rss_mb": load_rss,
         "peak_rss_mb": peak_rss_mb(),
         "threads": torch.get_num_threads(),
+        **({"gemm_ms_per_step": weight_gemm_ms(engine.model)} if batch == 1 else {}),
     }
+
+
+def weight_gemm_ms(model: Any, steps: int = 64) -> float:
+    """Milliseconds one batch-1 decode step spends in the weight matrix products alone: every
+    linear layer of the model called in order on one token, as a step calls them, and nothing
+    else. ms/step minus this is the step's overhead (norms, RoPE, attention, sampling, the
+    scheduler, per-op dispatch)."""
+    layers = [
+        layer
+        for block in model.blocks
+        for layer in (block.attn.qkv, block.attn.out, block.mlp.gate_up, block.mlp.down)
+    ]
+    layers.append(model.lm_head)  # fmt: skip
+    config = model.config
+    widths = {id(b.mlp.down): config.intermediate_size for b in model.blocks}
+    widths |= {id(b.attn.out): config.num_heads * config.head_dim for b in model.blocks}
+    inputs = [torch.randn(1, 1, widths.get(id(layer), config.hidden_size)).to(model.act_dtype)
+              for layer in layers]  # fmt: skip
+    with torch.inference_mode():
+        for _ in range(4):  # warm-up
+            for layer, x in zip(layers, inputs, strict=True):
+                layer.forward(x)
+        start = time.perf_counter()
+        for _ in range(steps):
+            for layer, x in zip(layers, inputs, strict=True):
+                layer.forward(x)
+    return 1000 * (time.perf_counter() - start) / steps
 
 
 def time_transformers(

@@ -16,7 +16,7 @@ def format_report(report: dict[str, Any]) -> str:
     sections = [
         ("speed", None, _speed_line,
          ["engine", "weights", "batch", "tokens/s", "ms/step", "TTFT s", "load s",
-          "peak RSS MB", "× reference", "of bandwidth bound"]),
+          "peak RSS MB", "× reference", "of bandwidth bound", "outside weight GEMMs"]),
         ("quality", None, _quality_line,
          ["engine", "format", "vs", "max logit err", "mean logit err", "mean KL",
           "top-1 agreement", "greedy agreement"]),
@@ -63,10 +63,11 @@ def _speed_line(r: dict[str, Any]) -> str:
     head = f"| {r['engine']} | {r['weights']} | {r['batch']} |"
     if "error" in r:
         return f"{head} error: {r['error']} ||||||"
+    outside = f"{r['outside_gemm']:.0%}" if "outside_gemm" in r else "—"
     return (
         f"{head} {r['tokens_per_s']:.1f} | {r['ms_per_token']:.1f} | {r['ttft_s']:.3f} | "
         f"{r['load_s']:.2f} | {r['peak_rss_mb']:.0f} | {r.get('x_reference', float('nan')):.2f} | "
-        f"{r['of_bound']:.0%} |"
+        f"{r['of_bound']:.0%} | {outside} |"
     )
 
 

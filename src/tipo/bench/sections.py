@@ -82,6 +82,8 @@ def _timed_row(
         row["ttft_s"] = raw.get("ttft_seconds", float("nan"))
         row["load_s"] = raw.get("load_seconds", float("nan"))
         row["peak_rss_mb"] = raw.get("peak_rss_mb", float("nan"))
+        if "gemm_ms_per_step" in raw:  # the share of a batch-1 step outside the weight GEMMs
+            row["outside_gemm"] = 1 - raw["gemm_ms_per_step"] / row["ms_per_token"]
     log(f"{engine} {weights} x{batch}: {row.get('tokens_per_s', row.get('error'))}")
     return row
 
