@@ -210,6 +210,50 @@ def test_prefix_sharing_gives_the_same_tokens_as_no_sharing(tiny_checkpoint: Pat
     assert all(g.extra["cached_prompt_tokens"] == 0 for g in alone)
 
 
+@pytest.mark.parametrize("ragged", [False, True])
+def test_shared_prefix_attention_equals_attention_over_each_row(ragged: bool) -> None:
+    """Reading the common prefix once and merging with each row's suffix by log-sum-exp gives
+    what attention over each row's whole cache gives (GQA: 4 query heads on 2 KV heads)."""
+    import torch.nn.functional as F
+
+    from tipo.engine.model import decode_pass, shared_prefix_attention
+
+    g = torch.Generator().manual_seed(0)
+    rows, kv_heads, heads, d, shared = 3, 2, 4, 16, 20
+    lengths = [33, 29, 35] if ragged else [33, 33, 33]
+    keys = torch.randn(rows, kv_heads, 48, d, generator=g)
+    values = torch.randn(rows, kv_heads, 48, d, generator=g)
+    keys[1:, :, :shared], values[1:, :, :shared] = keys[0, :, :shared], values[0, :, :shared]
+    q = torch.randn(rows, heads, 1, d, generator=g)
+    p = decode_pass(lengths, torch.device("cpu"), shared=shared)
+    assert p.shared == shared and (p.mask is not None) == ragged
+    expected = F.scaled_dot_product_attention(
+        q, keys[:, :, : p.length].repeat_interleave(2, 1),
+        values[:, :, : p.length].repeat_interleave(2, 1), attn_mask=p.mask,
+    )  # fmt: skip
+    got = shared_prefix_attention(q, keys, values, p, kv_heads)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_variants_decode_the_same_with_the_prefix_read_once(
+    tiny_gqa_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tipo.engine.model as model_module
+
+    batch = requests([prompt(40, 3)] * 5, SAMPLED, seeds=[1, 2, 3, 4, 5])
+    calls = []
+    real = model_module.shared_prefix_attention
+    monkeypatch.setattr(model_module, "shared_prefix_attention",
+                        lambda *a: calls.append(1) or real(*a))  # fmt: skip
+    once = Engine.load(tiny_gqa_checkpoint, dtype="float32").generate(batch)
+    assert calls  # the variants did take the shared-prefix path
+    monkeypatch.setattr(model_module, "SHARED_PREFIX_MIN", 10**9)
+    calls.clear()
+    per_row = Engine.load(tiny_gqa_checkpoint, dtype="float32").generate(batch)
+    assert not calls
+    assert [g.token_ids for g in once] == [g.token_ids for g in per_row]
+
+
 def test_prefix_cache_is_reused_by_the_next_call(tiny_checkpoint: Path) -> None:
     engine = Engine.load(tiny_checkpoint, dtype="float32")
     first, second = prompt(40, 8), prompt(40, 8)[:25] + prompt(10, 9)[1:]

@@ -91,6 +91,7 @@ class Scheduler:
         self.seen = torch.zeros((0, self.config.vocab_size), dtype=torch.bool)
         self._next_handle = 0
         self._sampling: SamplingBatch | None = None  # rebuilt when the batch changes
+        self._shared: int | None = None  # prefix all active rows cache alike (None: recompute)
 
     # -- public API -------------------------------------------------------------------------
 
@@ -186,7 +187,7 @@ class Scheduler:
         self.cache.held[row] = []  # active: tracked through the sequence itself
         self._reset_seen(row, prompt)
         self.active.append(sequence)
-        self._sampling = None
+        self._sampling = self._shared = None
 
     def _grow_seen(self, rows: int) -> None:
         if self.seen.shape[0] < rows:
@@ -239,12 +240,23 @@ class Scheduler:
             starts = [s.cached for s in self.active]
             run = torch.tensor([[s.tokens[i]] for s, i in zip(self.active, starts, strict=True)],
                                device=device)  # fmt: skip
-            p = decode_pass(starts, device)
+            p = decode_pass(starts, device, self._shared_prefix(), self.cache.dtype)
             for sequence, start in zip(self.active, starts, strict=True):
                 sequence.computed = start + 1
         logits = self.model(run, p, self.cache.tensors, logits="last")
         assert logits is not None
         return logits.float()
+
+    def _shared_prefix(self) -> int:
+        """Cached positions every active row holds alike: the tokens' common prefix, computed
+        when the batch changes (rows only add positions in between, so it stays valid)."""
+        if self._shared is None:
+            first = self.active[0].tokens
+            shared = min(s.cached for s in self.active)
+            for sequence in self.active[1:]:
+                shared = common_prefix(first, sequence.tokens, shared)
+            self._shared = shared
+        return self._shared
 
     def _uniforms(self, sampling: SamplingBatch, sampled: list[bool]) -> Tensor:
         """One uniform draw per sampled row, from that sequence's own generator (greedy rows and
@@ -289,6 +301,7 @@ class Scheduler:
             del sequence.tokens[len(sequence.tokens) - discard :]
             sequence.computed = min(sequence.computed, len(sequence.tokens))
             sequence.rollbacks += 1
+            self._shared = None
             self._reset_seen(row, sequence.tokens)
             result.rollbacks.append((sequence.handle, discard))
         elif token == self.config.eos_token_id and not self.ignore_eos:
@@ -321,7 +334,7 @@ class Scheduler:
         else:
             self.cache.held[row] = held
         self.active.pop()
-        self._sampling = None
+        self._sampling = self._shared = None
         return self._generation(sequence, reason)
 
     def _prompt_cached_elsewhere(self, sequence: Sequence, row: int) -> bool:
