@@ -38,3 +38,5 @@ def test_headline_times_every_common_request_on_every_engine(
     assert engines == ["ours int8", "ours int8, token by token",
                        *(f"llama.cpp {q}" for q in gguf), "reference path"]  # fmt: skip
     assert all(t > 0 for r in rows for t in r["seconds"].values())
+    assert all(n > 0 for r in rows for n in r["tokens"].values())
+    assert set(rows[0]["tokens"]) == set(engines)

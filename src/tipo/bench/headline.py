@@ -52,32 +52,41 @@ def headline_rows(
     lengths: tuple[str, ...] = LENGTHS,
     variants: tuple[int, ...] = VARIANTS,
 ) -> list[dict[str, Any]]:
-    """One row per request and variant count: seconds to the finished prompt(s) per engine."""
+    """One row per request and variant count: seconds to the finished prompt(s) per engine,
+    and the new tokens each engine generated for them (a controlled pass writes to the length
+    targets; the reference's loop stops when its own check passes, often with fewer)."""
     from ..pipeline import TIPO
 
     cells = [(kind, length, n) for kind in KINDS for length in lengths for n in variants]
     seconds: dict[str, dict[Cell, float]] = {}
+    tokens: dict[str, dict[Cell, int]] = {}
     with TIPO.load(checkpoint) as ours:
         scheduler = ours.backend.engine.scheduler  # type: ignore[attr-defined]
         name = f"ours {ours.backend.engine.format}"  # type: ignore[attr-defined]
-        seconds[name] = _time_cells(ours, cells, name)
+        seconds[name], tokens[name] = _time_cells(ours, cells, name)
         scheduler.jump_forward = False
-        seconds[f"{name}, token by token"] = _time_cells(ours, cells, "token by token")
+        by_token = f"{name}, token by token"
+        seconds[by_token], tokens[by_token] = _time_cells(ours, cells, "token by token")
     for quant, path in gguf_files.items():
         with TIPO.load(path, backend="llamacpp") as loaded:
-            seconds[f"llama.cpp {quant}"] = _time_cells(loaded, cells, f"llama.cpp {quant}")
-    seconds[REFERENCE] = reference_seconds(checkpoint, cells)
+            engine = f"llama.cpp {quant}"
+            seconds[engine], tokens[engine] = _time_cells(loaded, cells, engine)
+    seconds[REFERENCE], tokens[REFERENCE] = reference_seconds(checkpoint, cells)
     return [
         {"request": kind, "length": length, "variants": n,
-         "seconds": {engine: by_cell[(kind, length, n)] for engine, by_cell in seconds.items()}}
+         "seconds": {engine: by_cell[(kind, length, n)] for engine, by_cell in seconds.items()},
+         "tokens": {engine: by_cell[(kind, length, n)] for engine, by_cell in tokens.items()}}
         for kind, length, n in cells
     ]  # fmt: skip
 
 
-def _time_cells(tipo: Any, cells: list[Cell], name: str) -> dict[Cell, float]:
-    """Seconds per cell for whole requests on ``tipo`` (a failed request fails the bench)."""
+def _time_cells(
+    tipo: Any, cells: list[Cell], name: str
+) -> tuple[dict[Cell, float], dict[Cell, int]]:
+    """Seconds and new tokens per cell for whole requests on ``tipo`` (a failed request fails
+    the bench)."""
     tipo.run_many([request("tags", "short", 0, max_new_tokens=8)])  # untimed warm-up
-    out = {}
+    out, tokens = {}, {}
     for kind, length, n in cells:
         batch = [request(kind, length, seed) for seed in range(1, n + 1)]
         start = time.perf_counter()
@@ -86,12 +95,15 @@ def _time_cells(tipo: Any, cells: list[Cell], name: str) -> dict[Cell, float]:
         errors = [o for o in outcomes if isinstance(o, Exception)]
         if errors:
             raise RuntimeError(f"{name}: {kind}, {length}: {errors[0]}")
+        tokens[(kind, length, n)] = sum(o.new_tokens for o in outcomes)
         log(f"headline {name} {kind} {length} x{n}: {out[(kind, length, n)]:.2f} s")
-    return out
+    return out, tokens
 
 
-def reference_seconds(checkpoint: Path, cells: list[Cell]) -> dict[Cell, float]:
-    """The reference path's seconds per cell (see the module docstring)."""
+def reference_seconds(
+    checkpoint: Path, cells: list[Cell]
+) -> tuple[dict[Cell, float], dict[Cell, int]]:
+    """The reference path's seconds and new tokens per cell (see the module docstring)."""
     import torch
     from transformers import LlamaForCausalLM
 
@@ -109,11 +121,14 @@ def reference_seconds(checkpoint: Path, cells: list[Cell]) -> dict[Cell, float]:
         first[(kind, length)] = total
         log(f"headline {REFERENCE} {kind} {length} x1: {total:.2f} s")
     cost = fit_pass_cost(measured)
-    return {
+    seconds = {
         (kind, length, n): first[(kind, length)] if n == 1 else sum(
             cost(p, t) for seed in passes[(kind, length)][:n] for p, t in seed)
         for kind, length, n in cells
     }  # fmt: skip
+    tokens = {(kind, length, n): sum(t for seed in passes[(kind, length)][:n] for _, t in seed)
+              for kind, length, n in cells}  # fmt: skip
+    return seconds, tokens
 
 
 def retry_passes(checkpoint: Path, cells: list[Cell]) -> dict[tuple[str, str], list[list]]:

@@ -48,14 +48,17 @@ def format_report(report: dict[str, Any]) -> str:
 def _headline_table(rows: list[dict[str, Any]]) -> list[str]:
     engines = list(rows[0]["seconds"])
     ours, others = engines[0], engines[1:]
-    columns = ["request", "length", "variants", *engines, *(f"{ours} × {e}" for e in others)]
+    columns = ["request", "length", "variants", *engines, *(f"{ours} × {e}" for e in others),
+               f"new tokens: {ours} / {engines[-1]}"]  # fmt: skip
     lines = [f"| {' | '.join(columns)} |", "|---" * len(columns) + "|"]
     for r in rows:
         times = [r["seconds"][e] for e in engines]
         ratios = [r["seconds"][e] / r["seconds"][ours] for e in others]
+        counts = r.get("tokens", {})
+        made = f"{counts.get(ours, '?')} / {counts.get(engines[-1], '?')}"
         lines.append(f"| {r['request']} | {r['length']} | {r['variants']} | "
                      + " | ".join(f"{t:.2f}" for t in times) + " | "
-                     + " | ".join(f"{x:.2f}" for x in ratios) + " |")  # fmt: skip
+                     + " | ".join(f"{x:.2f}" for x in ratios) + f" | {made} |")  # fmt: skip
     return lines
 
 
