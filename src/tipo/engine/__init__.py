@@ -10,7 +10,8 @@ weight format) lives in ``tipo.bench``.
 
 Weight formats (``dtype``): float32, bfloat16, float16, int8 (default on CPU), int4. See
 quant.py for the kernels; ``tipo.bench.quality_report(checkpoint, dtype)`` measures what each
-costs.
+costs. tests/test_engine_devices.py runs whole requests on the ``meta`` device (the CUDA code
+paths) and fails on any op that mixes host tensors into device work.
 
 Continuous batching (scheduler.py)::
 
