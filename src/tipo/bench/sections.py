@@ -220,7 +220,11 @@ def run(o: BenchOptions) -> dict[str, Any]:
             "new_tokens": o.new_tokens,
             "skipped": skipped,
         }
-        gguf = gguf_files(checkpoint, o, scratch, skipped)
+        try:
+            gguf = gguf_files(checkpoint, o, scratch, skipped)
+        except (TipoError, OSError, RuntimeError, ValueError) as error:
+            skipped.append({"rows": "llama.cpp speed and headline", "reason": _reason(error)})
+            gguf = {}
         has_tokenizer = (checkpoint / "tokenizer.model").is_file()
         if o.headline and not has_tokenizer:
             reason = "requests need a tokenizer: pass --tokenizer tokenizer.model"
@@ -254,10 +258,14 @@ def _section(name: str, skipped: list[dict[str, str]], rows: Any, *args: Any) ->
     try:
         return rows(*args)  # type: ignore[no-any-return]
     except (TipoError, OSError, RuntimeError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        skipped.append({"rows": name, "reason": reason})
-        log(f"{name} rows skipped: {reason}")
+        skipped.append({"rows": name, "reason": _reason(error)})
+        log(f"{name} rows skipped: {_reason(error)}")
         return []
+
+
+def _reason(error: Exception) -> str:
+    """An error's first line, for the report's list of skipped rows."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
 
 
 def count_parameters(config: Any) -> int:
