@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .requests import RETRY_LOOP, SENTENCE, TAGS, noise_pipeline
 from .system import log
 
-TAGS, SENTENCE = "1girl, scenery, blue sky", "A girl stands on a hill."
 KINDS: dict[str, dict[str, str]] = {
     "tags": {"tags": TAGS},
     "tags + sentence": {"tags": TAGS, "nl": SENTENCE},
@@ -34,7 +34,6 @@ KINDS: dict[str, dict[str, str]] = {
 LENGTHS = ("short", "long")
 VARIANTS = (1, 16)
 REFERENCE = "reference path"
-RETRY_LOOP = {"control": False, "retries": 10}  # the reference's loop, as in requests.py
 
 Cell = tuple[str, str, int]  # (kind, length, variants)
 
@@ -134,12 +133,7 @@ def reference_seconds(
 def retry_passes(checkpoint: Path, cells: list[Cell]) -> dict[tuple[str, str], list[list]]:
     """Per (kind, length), per seed 1..max variants: the retry loop's passes as (prompt
     tokens, new tokens), on the format-aware noise model."""
-    from ..backends.noise import NoiseBackend
-    from ..pipeline import TIPO
-    from ..tokenizer import TipoTokenizer
-
-    tokenizer = TipoTokenizer.from_sentencepiece(checkpoint / "tokenizer.model")
-    noise = TIPO(NoiseBackend.format_aware(tokenizer), tokenizer)
+    noise = noise_pipeline(checkpoint / "tokenizer.model")
     most = max(n for _, _, n in cells)
     out: dict[tuple[str, str], list[list]] = {}
     for kind, length in dict.fromkeys((k, ln) for k, ln, _ in cells):

@@ -111,12 +111,16 @@ def _logit_errors(
     prompts: list[tuple[int, ...]], ref: list[Any], cand: list[Any]
 ) -> dict[str, float]:
     import numpy as np
+    import torch
+
+    from .quality import kl_per_position
 
     # Rows from the prompt's last token to the one before the end predict the continuation.
     pairs = [(a[len(p) - 1 : -1], b[len(p) - 1 : -1]) for p, a, b in zip(prompts, ref, cand,
                                                                         strict=True)]  # fmt: skip
     errors = [np.abs(a - b) for a, b in pairs]
-    kl = [_kl(a, b) for a, b in pairs]
+    kl = [kl_per_position(torch.from_numpy(a).double(), torch.from_numpy(b).double())
+          for a, b in pairs]  # fmt: skip
     positions = sum(len(a) for a, _ in pairs)
     return {
         "max_abs_logit_error": float(max(e.max() for e in errors)),
@@ -126,19 +130,6 @@ def _logit_errors(
         / positions,
         "mean_kl": sum(float(k.sum()) for k in kl) / positions,
     }
-
-
-def _kl(ref: Any, cand: Any) -> Any:
-    """KL(ref || cand) per row of two logit arrays [N, V], in float64."""
-    import numpy as np
-
-    def log_softmax(x: Any) -> Any:
-        x = x.astype(np.float64)
-        x = x - x.max(-1, keepdims=True)
-        return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-    log_p, log_q = log_softmax(ref), log_softmax(cand)
-    return (np.exp(log_p) * (log_p - log_q)).sum(-1)
 
 
 def _greedy_agreement(ref: list[list[int]], cand: list[list[int]], n: int) -> dict[str, float]:

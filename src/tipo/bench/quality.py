@@ -95,8 +95,7 @@ def _teacher_forced(ref: Engine, test: Engine, prompt: list[int], out: list[int]
     a = sequence_logits(ref.model, ids)[len(prompt) - 1 : -1]  # [N, V] predicting ``out``
     b = sequence_logits(test.model, ids)[len(prompt) - 1 : -1]
     error = (a - b).abs()
-    log_a, log_b = a.log_softmax(-1), b.log_softmax(-1)
-    kl = (log_a.exp() * (log_a - log_b)).sum(-1)
+    kl = kl_per_position(a, b)
     return {
         "positions": a.shape[0],
         "max_abs": float(error.max()) if a.numel() else 0.0,
@@ -104,8 +103,14 @@ def _teacher_forced(ref: Engine, test: Engine, prompt: list[int], out: list[int]
         "sum_rel": float((error.mean(-1) / a.std(-1).clamp(min=1e-9)).sum()),
         "sum_kl": float(kl.sum()),
         "agree": int((a.argmax(-1) == b.argmax(-1)).sum()),
-        "sum_top1": float(log_a.exp().amax(-1).sum()),
+        "sum_top1": float(a.softmax(-1).amax(-1).sum()),
     }
+
+
+def kl_per_position(ref: Tensor, cand: Tensor) -> Tensor:
+    """KL(ref || cand) of the next-token distributions, per row of two logit tensors [N, V]."""
+    log_ref, log_cand = ref.log_softmax(-1), cand.log_softmax(-1)
+    return (log_ref.exp() * (log_ref - log_cand)).sum(-1)
 
 
 def _free_running(ref: list[list[int]], test: list[list[int]]) -> float:

@@ -26,7 +26,7 @@ def pipeline_rows(checkpoint: Path) -> list[dict[str, Any]]:
         "one pass, controlled": ({"control": True}, True),
         "one pass, controlled, token by token": ({"control": True}, False),
         "one pass, controlled, free tags": ({"control": True, "vocabulary": False}, True),
-        "reference retry loop": (_RETRY, True),
+        "reference retry loop": (RETRY_LOOP, True),
         "one pass, uncontrolled": ({"control": False}, True),
     }
     # Untimed: the token table and the vocabulary's prefix tree are built on first use.
@@ -77,17 +77,13 @@ def retry_rows(tokenizer_path: Path, seeds: int = 32) -> list[dict[str, Any]]:
     retries), on identical requests, for every length bucket. The "model" is format-aware
     noise (backends/noise.py): it ends tags, sentences and fields at random, like a model that
     knows the format but not the lengths. Cheap, so the counts rest on many seeds."""
-    from ..backends.noise import NoiseBackend
-    from ..pipeline import TIPO
     from ..protocol import Length
     from ..request import ExpandRequest
-    from ..tokenizer import TipoTokenizer
 
-    tokenizer = TipoTokenizer.from_sentencepiece(tokenizer_path)
-    tipo = TIPO(NoiseBackend.format_aware(tokenizer), tokenizer)
+    tipo = noise_pipeline(tokenizer_path)
     rows = []
     for length in Length:
-        for mode, options in (("one pass, controlled", {}), ("reference retry loop", _RETRY)):
+        for mode, options in (("one pass, controlled", {}), ("reference retry loop", RETRY_LOOP)):
             options = options | {"tag_length": length, "nl_length": length}
             requests = [ExpandRequest.create(**_REQUEST, **options, seed=n) for n in range(seeds)]
             results = [r for r in tipo.run_many(requests) if not isinstance(r, Exception)]
@@ -108,13 +104,22 @@ def retry_rows(tokenizer_path: Path, seeds: int = 32) -> list[dict[str, Any]]:
     return rows
 
 
+def noise_pipeline(tokenizer_path: Path) -> Any:
+    """The pipeline on the format-aware noise model (backends/noise.py): whole requests, and
+    the reference's retry loop, at no model cost."""
+    from ..backends.noise import NoiseBackend
+    from ..pipeline import TIPO
+    from ..tokenizer import TipoTokenizer
+
+    tokenizer = TipoTokenizer.from_sentencepiece(tokenizer_path)
+    return TIPO(NoiseBackend.format_aware(tokenizer), tokenizer)
+
+
+# The input of every whole request the bench runs (here and in headline.py).
+TAGS, SENTENCE = "1girl, scenery, blue sky", "A girl stands on a hill."
 # The request of the pipeline rows: tags and a sentence, expanded, extended and a new caption.
-_REQUEST = {
-    "tags": "1girl, scenery, blue sky",
-    "nl": "A girl stands on a hill.",
-    "template": "tags-nl-generated",
-}
-_RETRY = {"control": False, "retries": 10}
+_REQUEST = {"tags": TAGS, "nl": SENTENCE, "template": "tags-nl-generated"}
+RETRY_LOOP = {"control": False, "retries": 10}  # the reference's retry loop
 
 
 def _missed_targets(result: Any, length: Any) -> list[str]:
@@ -133,4 +138,4 @@ def _missed_targets(result: Any, length: Any) -> list[str]:
     return missed
 
 
-__all__ = ["pipeline_rows", "retry_rows"]
+__all__ = ["RETRY_LOOP", "SENTENCE", "TAGS", "noise_pipeline", "pipeline_rows", "retry_rows"]

@@ -43,6 +43,7 @@ BYTES_PER_PARAM = {
     "Q4_K_M": 0.6,
 }
 GGUF_QUANTS = ("F16", "Q8_0", "Q4_K_M")
+NO_TOKENIZER = "requests need a tokenizer: pass --tokenizer tokenizer.model"
 
 
 @dataclass
@@ -227,8 +228,7 @@ def run(o: BenchOptions) -> dict[str, Any]:
             gguf = {}
         has_tokenizer = (checkpoint / "tokenizer.model").is_file()
         if o.headline and not has_tokenizer:
-            reason = "requests need a tokenizer: pass --tokenizer tokenizer.model"
-            skipped.append({"rows": "headline (whole requests)", "reason": reason})
+            skipped.append({"rows": "headline (whole requests)", "reason": NO_TOKENIZER})
         elif o.headline:
             from .headline import headline_rows
 
@@ -242,8 +242,7 @@ def run(o: BenchOptions) -> dict[str, Any]:
         if not o.pipeline:
             return report
         if not has_tokenizer:
-            reason = "requests need a tokenizer: pass --tokenizer tokenizer.model"
-            skipped.append({"rows": "pipeline and retries", "reason": reason})
+            skipped.append({"rows": "pipeline and retries", "reason": NO_TOKENIZER})
             return report
         from .requests import pipeline_rows, retry_rows
 
