@@ -23,6 +23,7 @@ from .errors import (
     ModelNotFoundError,
     TipoError,
 )
+from .eval.cli import add_eval_parser, cmd_eval
 from .train.cli import add_train_parsers, cmd_export, cmd_train
 
 EXIT_CODES: tuple[tuple[type[TipoError], int], ...] = (
@@ -209,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_parser(commands)
     _add_data_parser(commands)
     add_train_parsers(commands)
+    add_eval_parser(commands)
     templates = commands.add_parser("templates", help="list the output templates")
     templates.add_argument("--show", help="print one template's text")
     return parser
@@ -239,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "data": cmd_data,
         "train": cmd_train,
         "export": cmd_export,
+        "eval": cmd_eval,
     }[args.command]
     try:
         return handler(args)

@@ -222,6 +222,19 @@ class TagDatabase:
     def category(self, tag: str) -> Category:
         return self.lookup(tag)[0]
 
+    def is_known(self, tag: str) -> bool:
+        """Whether any list (general included) or the CSV holds the tag, as written or with
+        ``_`` as spaces; aliases count (a CSV alias names a real tag)."""
+        tag = tag.strip()
+        for candidate in dict.fromkeys((tag, tag.replace("_", " "))):
+            if any(candidate in names for _, names in _FIXED_SETS):
+                return True
+            if any(candidate in names for names in self._lists.values()):
+                return True
+            if candidate in self._csv or self.canonical(candidate) != candidate:
+                return True
+        return False
+
     def canonical(self, tag: str) -> str:
         """The CSV's main name for an alias (``longhair`` -> ``long hair``), else the tag."""
         return self._aliases.get(tag) or self._aliases.get(tag.replace(" ", "_")) or tag
