@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,16 @@ import numpy as np
 
 from .config import EvalConfig, TestConfig
 from .plots import distribution_plot, image_grid
+from .prompts import EvalPrompt
 from .report import results_document, write_report
-from .runner import RunData, build_prompts, expand_all, generate_all, reference_images
+from .runner import (
+    RunData,
+    build_prompts,
+    expand_all,
+    generate_all,
+    reference_images,
+    write_jsonl,
+)
 from .scoring import Scorer
 from .stats import Estimate, mean_estimate, set_estimate
 
@@ -57,7 +66,8 @@ def _score_test(
     per_prompt: dict[str, Values] = {}
     estimates: dict[str, dict[str, Estimate]] = {}
     for expander, outputs in data.outputs[test.name].items():
-        values = scorer.text_values(prompts, outputs)
+        options = data.settings.get(expander, {}).get("options") or {}
+        values = scorer.text_values(prompts, outputs, options.get("tag_length"))
         sets: dict[str, Estimate] = {}
         if "text_diversity" in metrics.text:
             sets["text_diversity"] = _diversity(scorer.text_vectors(outputs))
@@ -75,6 +85,7 @@ def _score_test(
             },
             **sets,
         }
+    write_jsonl(folder / "values" / f"{test.name}.jsonl", _value_rows(prompts, per_prompt))
     distribution_plot(test.name, per_prompt, folder / "plots" / f"{test.name}-metrics.png")
     if with_images:
         image_grid(
@@ -85,6 +96,21 @@ def _score_test(
             prompts=metrics.grid_prompts,
         )
     return estimates
+
+
+def _value_rows(
+    prompts: Sequence[EvalPrompt], per_prompt: dict[str, Values]
+) -> list[dict[str, Any]]:
+    """One row per expander and prompt with its metric values (None: does not apply)."""
+    return [
+        {
+            "expander": name,
+            "id": prompt.id,
+            **{m: v[i] if math.isfinite(v[i]) else None for m, v in values.items()},
+        }
+        for name, values in per_prompt.items()
+        for i, prompt in enumerate(prompts)
+    ]
 
 
 def _reference_features(test: TestConfig, scorer: Scorer) -> np.ndarray | None:

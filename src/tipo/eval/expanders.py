@@ -132,7 +132,7 @@ EXPANDERS: dict[str, tuple[str, str]] = {
     "tipo-kgen": ("baselines", "KgenExpander"),
     "promptist": ("baselines", "PromptistExpander"),
     "magicprompt": ("baselines", "MagicPromptExpander"),
-    "openai": ("baselines", "ChatExpander"),
+    "openai": ("chat", "ChatExpander"),
 }
 EXPANDER_KINDS: tuple[str, ...] = tuple(EXPANDERS)
 

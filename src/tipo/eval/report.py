@@ -151,7 +151,7 @@ def _best(tests: Mapping[str, Any], test: str, metric: str) -> float | None:
         for e in tests[test]["expanders"].values()
         if e["metrics"].get(metric, {}).get("value") is not None
     ]
-    if better is None or len(values) < 2:
+    if better is None or len(set(values)) < 2:  # nothing to rank, or a tie of all
         return None
     return max(values) if better == "higher" else min(values)
 

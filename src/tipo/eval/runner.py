@@ -10,6 +10,7 @@ Run folder layout::
     expansions/<test>/<expander>.jsonl  inputs and outputs, for reading
     images/<test>/<expander>/<id>.png   with prompt and settings in the PNG metadata
     cache/                            expansions, scores and feature vectors by content hash
+    values/<test>.jsonl               every per-prompt metric value, per expander
     results.json, report.md, plots/   the report
 """
 
@@ -59,7 +60,7 @@ def build_prompts(config: EvalConfig, folder: Path) -> dict[str, list[EvalPrompt
                 scan=test.scan,
                 name=test.name,
             )
-            _write_jsonl(path, [{"key": key}, *(asdict(p) for p in cached)])
+            write_jsonl(path, [{"key": key}, *(asdict(p) for p in cached)])
         prompts[test.name] = cached
     return prompts
 
@@ -87,7 +88,7 @@ def expand_all(config: EvalConfig, data: RunData, folder: Path, *, progress: boo
                     {"id": p.id, "input": p.text, "output": o}
                     for p, o in zip(prompts, outputs, strict=True)
                 ]
-                _write_jsonl(folder / "expansions" / test / f"{name}.jsonl", rows)
+                write_jsonl(folder / "expansions" / test / f"{name}.jsonl", rows)
         finally:
             expander.close()
 
@@ -176,7 +177,7 @@ def reference_images(test: TestConfig) -> list[Path]:
     return found
 
 
-def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     temporary = path.with_suffix(".tmp")
@@ -196,4 +197,11 @@ def _bar(total: int, description: str, enabled: bool) -> Any:
     )
 
 
-__all__ = ["RunData", "build_prompts", "expand_all", "generate_all", "reference_images"]
+__all__ = [
+    "RunData",
+    "build_prompts",
+    "expand_all",
+    "generate_all",
+    "reference_images",
+    "write_jsonl",
+]

@@ -50,15 +50,13 @@ class Scorer:
     # --- text ---------------------------------------------------------------------------
 
     def text_values(
-        self, prompts: Sequence[EvalPrompt], outputs: Sequence[str]
+        self, prompts: Sequence[EvalPrompt], outputs: Sequence[str], tag_length: str | None = None
     ) -> dict[str, list[float]]:
-        """Per-prompt text metrics of one expander's outputs."""
+        """Per-prompt text metrics of one expander's outputs; ``tag_length`` is the target
+        whose hits are counted (default: the config's)."""
         wanted = set(self.config.text)
-        values = {
-            k: v
-            for k, v in tag_metrics(outputs, self.tag_db, self.config.tag_length).items()
-            if k in wanted
-        }
+        target = tag_length or self.config.tag_length
+        values = {k: v for k, v in tag_metrics(outputs, self.tag_db, target).items() if k in wanted}
         if "faithfulness" in wanted:
             given = self.text_vectors([p.text for p in prompts])
             values["faithfulness"] = faithfulness(self.text_vectors(outputs), given)
