@@ -104,6 +104,20 @@ def write_config(folder: Path, text: str) -> Path:
     return path
 
 
+def test_the_papers_example_config_is_valid() -> None:
+    config = load_config(Path(__file__).parents[1] / "examples" / "eval-paper.toml")
+    assert [t.kind for t in config.tests] == ["scenery", "short", "truncated_long"]
+    assert {kind for kind in (e.get("kind", n) for n, e in config.expanders.items())} == {
+        "original",
+        "tipo",
+        "promptist",
+        "magicprompt",
+        "openai",
+        "tipo-kgen",
+    }
+    assert config.images is not None and config.images["steps"] == 16
+
+
 def test_config_errors_name_the_fix(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "d.jsonl", danbooru_rows(4))
     cases = {

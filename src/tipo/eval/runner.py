@@ -77,8 +77,10 @@ def _read_prompts(path: Path, key: str) -> list[EvalPrompt] | None:
 def expand_all(config: EvalConfig, data: RunData, folder: Path, *, progress: bool) -> None:
     """Every expander on every test's prompts; only prompts missing from the cache are run."""
     store = JsonlStore(folder / "cache" / "expansions.jsonl")
-    for name, table in config.expanders.items():
-        expander = make_expander(name, table)
+    # All built first (models load on first use): a bad option fails before any work is done.
+    expanders = [make_expander(name, table) for name, table in config.expanders.items()]
+    for expander in expanders:
+        name = expander.name
         data.settings[name] = expander.settings()
         try:
             for test, prompts in data.prompts.items():
