@@ -43,7 +43,7 @@ TEXT_METRICS = (
     "faithfulness",
     "text_diversity",
 )
-IMAGE_METRICS = ("fdd", "clip", "aesthetic", "corrupt", "vendi")
+IMAGE_METRICS = ("fdd", "aesthetic", "corrupt", "clip", "vendi")  # the paper's column order
 
 
 @dataclass(frozen=True)

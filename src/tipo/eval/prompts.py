@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ..data.records import TrainingRecord
 from ..errors import InvalidRequestError
@@ -151,19 +151,12 @@ def _qualifying(
             yield row, (), caption
 
 
-def load_prompt_set(
-    source: str | Path,
-    kind: TestKind,
-    *,
-    size: int,
-    seed: int = 0,
-    scan: int | None = None,
-    name: str | None = None,
-) -> list[EvalPrompt]:
-    """:func:`build_prompt_set` over the rows of a file, folder or Hugging Face dataset id."""
+def load_prompt_set(source: str | Path, kind: TestKind, **options: Any) -> list[EvalPrompt]:
+    """:func:`build_prompt_set` (same options) over the rows of a file, folder or Hugging
+    Face dataset id."""
     from ..data.readers import read_records
 
-    return build_prompt_set(read_records(source), kind, size=size, seed=seed, scan=scan, name=name)
+    return build_prompt_set(read_records(source), kind, **options)
 
 
 __all__ = [

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .config import IMAGE_METRICS, TEXT_METRICS
 from .stats import Estimate
 
 SCHEMA = "tipo-eval/1"
@@ -42,15 +43,6 @@ METRICS: dict[str, MetricInfo] = {
     "faithfulness": MetricInfo("faithful", "higher", "prompt", "embedding cosine to the input"),
     "text_diversity": MetricInfo("Vendi text", "higher", "set", "diversity of the prompts"),
 }
-IMAGE_ORDER = ("fdd", "aesthetic", "corrupt", "clip", "vendi")
-TEXT_ORDER = (
-    "tags",
-    "tag_length_hit",
-    "known_tags",
-    "duplicate_tags",
-    "faithfulness",
-    "text_diversity",
-)
 
 
 def results_document(
@@ -93,7 +85,7 @@ def markdown(document: Mapping[str, Any]) -> str:
         + ".",
         "",
     ]
-    for title, order in (("Images", IMAGE_ORDER), ("Text", TEXT_ORDER)):
+    for title, order in (("Images", IMAGE_METRICS), ("Text", TEXT_METRICS)):
         table = _table(tests, order)
         if table:
             lines += [f"## {title}", "", *table, ""]
