@@ -101,18 +101,17 @@ def _expand_cached(
     settings = expander.settings()
     keys = [cache_key("expand", settings, p.tags, p.caption, p.seed) for p in prompts]
     missing = [i for i, k in enumerate(keys) if k not in store]
-    bar = _bar(len(missing), f"expand {expander.name}", progress)
-    for start in range(0, len(missing), EXPAND_CHUNK):
-        chunk = missing[start : start + EXPAND_CHUNK]
-        outputs = expander.expand([prompts[i] for i in chunk])
-        if len(outputs) != len(chunk):
-            raise TipoError(
-                f"expander {expander.name!r} returned {len(outputs)} outputs "
-                f"for {len(chunk)} prompts"
-            )
-        store.put_many((keys[i], out) for i, out in zip(chunk, outputs, strict=True))
-        bar.update(len(chunk))
-    bar.close()
+    with progress_bar(len(missing), f"expand {expander.name}", progress) as bar:
+        for start in range(0, len(missing), EXPAND_CHUNK):
+            chunk = missing[start : start + EXPAND_CHUNK]
+            outputs = expander.expand([prompts[i] for i in chunk])
+            if len(outputs) != len(chunk):
+                raise TipoError(
+                    f"expander {expander.name!r} returned {len(outputs)} outputs "
+                    f"for {len(chunk)} prompts"
+                )
+            store.put_many((keys[i], out) for i, out in zip(chunk, outputs, strict=True))
+            bar.update(len(chunk))
     return [str(store.get(k)) for k in keys]
 
 
@@ -187,7 +186,8 @@ def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     temporary.replace(path)
 
 
-def _bar(total: int, description: str, enabled: bool) -> Any:
+def progress_bar(total: int, description: str, enabled: bool, unit: str = "prompt") -> Any:
+    """A tqdm bar on stderr (off when disabled or when there is nothing to do)."""
     from tqdm.auto import tqdm
 
     return tqdm(
@@ -195,7 +195,7 @@ def _bar(total: int, description: str, enabled: bool) -> Any:
         desc=description,
         disable=not enabled or total == 0,
         file=sys.stderr,
-        unit="prompt",
+        unit=unit,
     )
 
 
@@ -204,6 +204,7 @@ __all__ = [
     "build_prompts",
     "expand_all",
     "generate_all",
+    "progress_bar",
     "reference_images",
     "write_jsonl",
 ]

@@ -18,6 +18,7 @@ from ..tags import TagDatabase
 from .cache import JsonlStore, cache_key, file_digest
 from .config import MetricsConfig
 from .prompts import EvalPrompt
+from .runner import progress_bar
 from .text_metrics import TextEmbedder, faithfulness, tag_metrics
 
 CHUNK = 64  # items per model call between cache writes: an interrupt loses at most this many
@@ -66,7 +67,7 @@ class Scorer:
         model = self.config.text_embedding
         embedder = self._model("text", lambda: TextEmbedder(model, device=self.device))
         keys = [cache_key("text", model, text) for text in texts]
-        return self._vectors(keys, list(texts), embedder.embed)
+        return self._vectors(keys, list(texts), embedder.embed, "text embeddings")
 
     # --- images -------------------------------------------------------------------------
 
@@ -98,7 +99,7 @@ class Scorer:
                 cache_key(metric, settings, digest, text if with_text else None)
                 for digest, (_, text) in zip(digests, items, strict=True)
             ]
-            values[metric] = self._scores(keys, items, partial(_score, scorer, with_text))
+            values[metric] = self._scores(keys, items, partial(_score, scorer, with_text), metric)
         return values
 
     def image_features(self, paths: Sequence[Path]) -> np.ndarray:
@@ -108,20 +109,24 @@ class Scorer:
         model = self.config.dinov2
         dino = self._model("dino", lambda: DinoFeatures(model, device=self.device))
         keys = [cache_key("dinov2", model, file_digest(p)) for p in paths]
-        return self._vectors(keys, list(paths), lambda ps: dino.features(ps, progress=False))
+        return self._vectors(
+            keys, list(paths), lambda ps: dino.features(ps, progress=False), "DINOv2"
+        )
 
     # --- caching ------------------------------------------------------------------------
 
     def _scores(
-        self, keys: list[str], items: list[Any], compute: Callable[[list[Any]], Any]
+        self, keys: list[str], items: list[Any], compute: Callable[[list[Any]], Any], desc: str
     ) -> list[float]:
-        self._fill(self.scores, keys, items, lambda chunk: [float(v) for v in compute(chunk)])
+        self._fill(self.scores, keys, items, lambda chunk: [float(v) for v in compute(chunk)], desc)
         return [float(self.scores.get(k)) for k in keys]
 
     def _vectors(
-        self, keys: list[str], items: list[Any], compute: Callable[[list[Any]], Any]
+        self, keys: list[str], items: list[Any], compute: Callable[[list[Any]], Any], desc: str
     ) -> np.ndarray:
-        self._fill(self.vectors, keys, items, lambda chunk: np.asarray(compute(chunk)).tolist())
+        self._fill(
+            self.vectors, keys, items, lambda chunk: np.asarray(compute(chunk)).tolist(), desc
+        )
         return np.asarray([self.vectors.get(k) for k in keys], dtype=np.float64)
 
     def _fill(
@@ -130,12 +135,16 @@ class Scorer:
         keys: list[str],
         items: list[Any],
         compute: Callable[[list[Any]], list[Any]],
+        desc: str,
     ) -> None:
+        """Compute and store the values of the keys not in ``store``, a chunk at a time."""
         missing = list(dict.fromkeys(k for k in keys if k not in store))
         first = {k: items[i] for i, k in reversed(list(enumerate(keys)))}
-        for start in range(0, len(missing), CHUNK):
-            chunk = missing[start : start + CHUNK]
-            store.put_many(zip(chunk, compute([first[k] for k in chunk]), strict=True))
+        with progress_bar(len(missing), desc, self.progress, unit="item") as bar:
+            for start in range(0, len(missing), CHUNK):
+                chunk = missing[start : start + CHUNK]
+                store.put_many(zip(chunk, compute([first[k] for k in chunk]), strict=True))
+                bar.update(len(chunk))
 
     def _model(self, name: str, make: Callable[[], Any]) -> Any:
         if name not in self._models:
