@@ -298,6 +298,17 @@ def test_an_interrupted_run_resumes_with_only_what_is_missing(
     assert again["tests"] == document["tests"]
 
 
+def test_a_checkpoint_written_again_is_not_served_from_the_cache(tmp_path: Path) -> None:
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"1234")
+    expander = TipoExpander("t", model=str(folder))
+    before = expander.settings()
+    (folder / "model.safetensors").write_bytes(b"123456")  # retrained into the same folder
+    assert expander.settings()["weights"] != before["weights"]
+    assert TipoExpander("t", model="KBlueLeaf/TIPO-200M-ft").settings()["weights"] is None
+
+
 def test_the_report_marks_the_best_value_per_column() -> None:
     def metric(value: float) -> dict[str, object]:
         return {"value": value, "low": value - 0.1, "high": value + 0.1, "n": 3}

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import InvalidRequestError, MissingDependencyError, ModelNotFoundError
+from .expanders import checkpoint_fingerprint
 from .prompts import EvalPrompt
 
 # --- Hugging Face causal LMs (Promptist, MagicPrompt) -------------------------------------------
@@ -85,7 +86,8 @@ class PromptistExpander:
         self._loaded: tuple[Any, Any, str] | None = None
 
     def settings(self) -> dict[str, Any]:
-        return {"kind": "promptist", "model": self.model, "tokenizer": self.tokenizer,
+        return {"kind": "promptist", "model": self.model,
+                "weights": checkpoint_fingerprint(self.model), "tokenizer": self.tokenizer,
                 "num_beams": self.num_beams, "max_new_tokens": self.max_new_tokens,
                 "length_penalty": self.length_penalty}  # fmt: skip
 
@@ -150,8 +152,10 @@ class MagicPromptExpander:
         self._loaded: tuple[Any, Any, str] | None = None
 
     def settings(self) -> dict[str, Any]:
-        return {"kind": "magicprompt", "model": self.model, "max_new_tokens": self.max_new_tokens,
-                "temperature": self.temperature, "top_k": self.top_k,
+        return {"kind": "magicprompt", "model": self.model,
+                "weights": checkpoint_fingerprint(self.model),
+                "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                "top_k": self.top_k,
                 "repetition_penalty": self.repetition_penalty}  # fmt: skip
 
     def expand(self, prompts: Sequence[EvalPrompt]) -> list[str]:
@@ -298,7 +302,9 @@ class KgenExpander:
             kgen = version("tipo-kgen")
         except PackageNotFoundError:
             kgen = None  # expand() says what to install
-        return {"kind": "tipo-kgen", "model": self.model, "kgen": kgen, "options": self.options}
+        weights = checkpoint_fingerprint(self.model)
+        return {"kind": "tipo-kgen", "model": self.model, "weights": weights, "kgen": kgen,
+                "options": self.options}  # fmt: skip
 
     def expand(self, prompts: Sequence[EvalPrompt]) -> list[str]:
         if not prompts:

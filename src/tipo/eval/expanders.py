@@ -9,8 +9,10 @@ holds the other projects' expanders (reference library, Promptist, MagicPrompt, 
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import InvalidRequestError
@@ -76,7 +78,8 @@ class TipoExpander:
 
     def settings(self) -> dict[str, Any]:
         load = {k: v for k, v in self._load.items() if k != "device"}
-        return {"kind": "tipo", **load, "options": self.options}
+        weights = checkpoint_fingerprint(self._load["model"])
+        return {"kind": "tipo", **load, "weights": weights, "options": self.options}
 
     def expand(self, prompts: Sequence[EvalPrompt]) -> list[str]:
         from ..pipeline import TIPO
@@ -107,6 +110,19 @@ class TipoExpander:
         if self._tipo is not None:
             self._tipo.close()
             self._tipo = None
+
+
+def checkpoint_fingerprint(model: str | None) -> str | None:
+    """For a local checkpoint (folder or file): the names, sizes and modification times of its
+    files, hashed, so a model retrained into the same folder is not served from the cache of
+    the old one. None for a Hub id (its name pins it) or no model."""
+    if not model or not Path(model).exists():
+        return None
+    root = Path(model)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    listing = [(str(p.relative_to(root) if root.is_dir() else p.name), p.stat().st_size,
+                p.stat().st_mtime_ns) for p in files]  # fmt: skip
+    return hashlib.sha256(repr(listing).encode()).hexdigest()[:16]
 
 
 def _noise_tipo(model: str | None) -> Any:
@@ -159,5 +175,6 @@ __all__ = [
     "Expander",
     "OriginalPrompt",
     "TipoExpander",
+    "checkpoint_fingerprint",
     "make_expander",
 ]
