@@ -127,6 +127,8 @@ def test_config_errors_name_the_fix(tmp_path: Path) -> None:
         "[tests.a]\nkind = 'poem'\ndata = 'd.jsonl'\n[expanders.o]\n": "unknown kind",
         "[tests.scenery]\ndata = 'd.jsonl'\n": "at least one",
         "[tests.short]\ndata = 'd.jsonl'\n[expanders.o]\n[metrics]\nimage = ['fid']\n": "image",
+        "[tests.short]\ndata = 'd.jsonl'\n[expanders.o]\n[images]\nstep = 3\n": "unknown key",
+        "[tests.short]\ndata = 'd.jsonl'\n[expanders.o]\n[images]\nwidth = 100\n": "multiple of 8",
     }
     for text, message in cases.items():
         with pytest.raises(InvalidRequestError, match=message):

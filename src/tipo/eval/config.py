@@ -139,6 +139,7 @@ def load_config(path: str | Path) -> EvalConfig:
     images = values.get("images")
     if images is not None:
         images = _localised(dict(_table(values, "images")), base, ("model", "vae"))
+        _check_images(images)
     metrics = _localised(dict(_table(values, "metrics")), base, _METRIC_PATHS)
     _only(metrics, {f.name for f in fields(MetricsConfig)}, "metrics")
     for key in ("text", "image"):
@@ -164,6 +165,14 @@ _METRIC_PATHS = (
     "corrupt_folder",
     "text_embedding",
 )
+
+
+def _check_images(table: Mapping[str, Any]) -> None:
+    """[images] checked now, not after hours of expansion: its keys are ImageSettings'."""
+    from .images import ImageSettings
+
+    _only(table, {f.name for f in fields(ImageSettings)}, "images")
+    ImageSettings(**table)
 
 
 def _test(name: str, table: Any, base: Path) -> TestConfig:
