@@ -198,14 +198,15 @@ def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _fbgemm_pack(weight: Tensor, bias: Tensor | None) -> object:
-    """fbgemm's packed weight. quantize_per_channel rounds like quantize_int8, in one fused
-    pass over the weight."""
-    scale = int8_scales(weight)
+    """fbgemm's packed weight, of quantize_int8's values (the weight-only layers' too):
+    wrapping them is 1.8x faster than torch.quantize_per_channel, which also rounds a few
+    weights the other way (it multiplies by 1 / scale)."""
+    q, scale = quantize_int8(weight)
     zero = torch.zeros(scale.shape[0], dtype=torch.long)
     with warnings.catch_warnings():  # quantized tensors are deprecated, the kernel is not (yet)
         warnings.simplefilter("ignore")
-        q = torch.quantize_per_channel(weight.float(), scale.double(), zero, 0, torch.qint8)
-        return torch.ops.quantized.linear_prepack(q, bias)
+        packed = torch._make_per_channel_quantized_tensor(q, scale.double(), zero, 0)
+        return torch.ops.quantized.linear_prepack(packed, bias)
 
 
 class Int4Linear(nn.Module):
@@ -282,18 +283,20 @@ def quantize_int4(
         return torch.cat([c for c, _ in parts]), torch.cat([sz for _, sz in parts], dim=1)
     groups = weight.float().reshape(-1, group)
     low, high = torch.aminmax(groups, dim=1, keepdim=True)
-    best: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # error, scale, zero, codes
+    # Only each group's best ratio is kept [n, 1]; its codes are computed once at the end
+    # (keeping the best codes [n, group] per ratio cost a third of the search).
+    best_error: Tensor | None = None
+    best_ratio = torch.ones_like(low)
     for ratio in ratios:
         scale, zero, codes = _int4_codes(groups, low * ratio, high * ratio)
         error = torch.addcmul(zero - groups, codes - 8, scale).square_().sum(1, keepdim=True)
-        if best is None:
-            best = (error, scale, zero, codes)
+        if best_error is None:
+            best_error, best_ratio = error, best_ratio.fill_(ratio)
             continue
-        better = error < best[0]
-        best = tuple(torch.where(better, new, old) for new, old in
-                     zip((error, scale, zero, codes), best, strict=True))  # type: ignore[assignment]  # fmt: skip
-    assert best is not None
-    _, scale, zero, codes = best
+        better = error < best_error
+        best_error = torch.where(better, error, best_error)
+        best_ratio = torch.where(better, ratio, best_ratio)
+    scale, zero, codes = _int4_codes(groups, low * best_ratio, high * best_ratio)
     scales_zeros = torch.stack(
         [scale.reshape(out_features, -1), zero.reshape(out_features, -1)], dim=-1
     ).transpose(0, 1)
