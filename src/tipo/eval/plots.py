@@ -7,6 +7,7 @@ import math
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import MissingDependencyError
 from .report import METRICS
@@ -47,12 +48,7 @@ def distribution_plot(
         )
     for axis in list(axes.flat)[len(metrics) :]:
         axis.axis("off")
-    figure.suptitle(f"{test}: per-prompt metrics", fontsize=11)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, f"{test}: per-prompt metrics", path)
 
 
 def image_grid(
@@ -86,7 +82,11 @@ def image_grid(
                 axis.set_title(name, fontsize=9)
             if column == 0:
                 axis.set_ylabel(textwrap.fill(captions[row][:120], 28), fontsize=6)
-    figure.suptitle(f"{test}: the same prompts across expanders", fontsize=11)
+    return _save(plt, figure, f"{test}: the same prompts across expanders", path)
+
+
+def _save(plt: Any, figure: Any, title: str, path: Path) -> Path:
+    figure.suptitle(title, fontsize=11)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
