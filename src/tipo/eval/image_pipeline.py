@@ -10,7 +10,7 @@ import re
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from ..errors import (
     CheckpointError,
@@ -20,8 +20,16 @@ from ..errors import (
 )
 from .image_features import first_line
 
-if TYPE_CHECKING:
-    from .images import ImageSettings
+
+class PipelineSpec(Protocol):
+    """What loading needs of images.ImageSettings (a protocol, so this module does not import
+    the one that imports it)."""
+
+    model: str
+    vae: str | None
+    scheduler: str
+    device: str
+    dtype: str
 
 
 class _Scheduler(NamedTuple):
@@ -62,7 +70,7 @@ _SINGLE_FILE_PIPELINES = {
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
-def load_pipeline(settings: ImageSettings) -> tuple[Any, dict[str, Any]]:
+def load_pipeline(settings: PipelineSpec) -> tuple[Any, dict[str, Any]]:
     """The pipeline on its device, with the chosen scheduler and no safety checker, and what
     to record about it."""
     try:
@@ -99,7 +107,7 @@ def load_pipeline(settings: ImageSettings) -> tuple[Any, dict[str, Any]]:
     return pipeline.to(device), about
 
 
-def _device_and_dtype(settings: ImageSettings, torch: Any) -> tuple[str, Any]:
+def _device_and_dtype(settings: PipelineSpec, torch: Any) -> tuple[str, Any]:
     device = settings.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -232,4 +240,4 @@ def _checked(load: Callable[[], Any], spec: str, missing: str = "", hint: str = 
         ) from None
 
 
-__all__ = ["DTYPES", "SCHEDULERS", "SINGLE_FILE_SUFFIXES", "load_pipeline"]
+__all__ = ["DTYPES", "SCHEDULERS", "SINGLE_FILE_SUFFIXES", "PipelineSpec", "load_pipeline"]

@@ -47,6 +47,7 @@ class Scorer:
         self.vectors = JsonlStore(cache_dir / "vectors.jsonl")
         self.tag_db = TagDatabase.bundled()
         self._models: dict[str, Any] = {}
+        self._digests: dict[tuple[str, int, int], str] = {}
 
     # --- text ---------------------------------------------------------------------------
 
@@ -90,7 +91,7 @@ class Scorer:
             ),
         }
         items = list(zip(paths, texts, strict=True))
-        digests = [file_digest(p) for p in paths]
+        digests = [self._digest(p) for p in paths]
         values = {}
         for metric in (m for m in scorers if m in cfg.image):
             make, settings = scorers[metric]
@@ -108,7 +109,7 @@ class Scorer:
 
         model = self.config.dinov2
         dino = self._model("dino", lambda: DinoFeatures(model, device=self.device))
-        keys = [cache_key("dinov2", model, file_digest(p)) for p in paths]
+        keys = [cache_key("dinov2", model, self._digest(p)) for p in paths]
         return self._vectors(
             keys, list(paths), lambda ps: dino.features(ps, progress=False), "DINOv2"
         )
@@ -145,6 +146,15 @@ class Scorer:
                 chunk = missing[start : start + CHUNK]
                 store.put_many(zip(chunk, compute([first[k] for k in chunk]), strict=True))
                 bar.update(len(chunk))
+
+    def _digest(self, path: Path) -> str:
+        """An image's content hash, read once per run (the per-image scores and the DINOv2
+        features both key on it); a file rewritten since (size, mtime) is read again."""
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in self._digests:
+            self._digests[key] = file_digest(path)
+        return self._digests[key]
 
     def _model(self, name: str, make: Callable[[], Any]) -> Any:
         if name not in self._models:
