@@ -91,6 +91,20 @@ def test_int4_range_search_never_does_worse_than_min_max() -> None:
     assert per_group[0].sum() < per_group[1].sum()
 
 
+def test_int4_groups_take_a_range_shrunk_by_one_of_the_given_ratios() -> None:
+    w = weight(48, 128)
+    groups = w.reshape(-1, 32)
+    low, high = groups.amin(1), groups.amax(1)
+
+    def scales_for(ratio: float) -> torch.Tensor:  # as the kernel stores them, [groups]
+        return ((high - low) * ratio / 15).to(torch.bfloat16)
+
+    for ratios in ((0.8,), (0.9, 0.8)):  # neither starts at the unclipped range
+        scales = quantize_int4(w, ratios=ratios)[1][..., 0].t().reshape(-1)
+        candidates = torch.stack([scales_for(r) for r in ratios])
+        assert (candidates == scales).any(0).all(), ratios
+
+
 def test_int4_models_keep_an_int8_output_head(tiny_checkpoint: Path) -> None:
     model = load_model(tiny_checkpoint, "int4")
     assert isinstance(model.lm_head, DynamicInt8Linear)

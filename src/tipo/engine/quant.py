@@ -304,7 +304,7 @@ def quantize_int4(
         groups = weight[rows].float().reshape(-1, group)  # [n, group]
         u, c = unrounded[: groups.shape[0]], rounded[: groups.shape[0]]
         low, high = groups.amin(1, keepdim=True), groups.amax(1, keepdim=True)  # see int8_scales
-        best_error, best_ratio = None, torch.ones_like(low)
+        best_error, best_ratio = None, torch.full_like(low, ratios[0])
         for ratio in ratios:
             scale, zero = _unrounded_codes(groups, low * ratio, high * ratio, u)
             # w - ((code - 8) * scale + zero) = scale * (u - code), u the unrounded code (the
