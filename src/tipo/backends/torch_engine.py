@@ -10,7 +10,8 @@ folder's (engine/gguf_weights.py).
 Options: ``dtype`` is the weight format ("float32", "bfloat16", "float16", "int8", "int4";
 default: the engine's CPU default, also for GGUF files), ``max_batch`` the most sequences
 decoded together, ``threads`` torch's CPU thread count, ``int8_copy`` (default True) whether
-int4 models also keep int8 weights for large batches.
+int4 models also keep int8 weights for large batches, ``compile_attention`` (default False) a
+bf16 KV cache read by a compiled decode attention (CPU, for batches; engine/compiled_attention.py).
 """
 
 from __future__ import annotations
@@ -62,10 +63,11 @@ def load(
         raise MissingDependencyError.for_extra("torch", "engine", "The torch backend") from None
     from ..engine.engine import Engine
 
-    unknown = set(options) - {"max_batch", "threads", "int8_copy"}
+    known = ("max_batch", "threads", "int8_copy", "compile_attention")
+    unknown = set(options) - set(known)
     if unknown:
         raise BackendError(
             f"unknown torch backend option(s): {', '.join(sorted(unknown))}",
-            hint="the torch backend takes max_batch, threads and int8_copy",
+            hint=f"the torch backend takes {', '.join(known)}",
         )
     return TorchEngineBackend(Engine.load(checkpoint.path, dtype=dtype, device=device, **options))

@@ -3,10 +3,11 @@ and for GGUF files when llama-cpp-python is not installed).
 
 Reading order: config.py (architecture) -> weights.py (checkpoint -> model; a Hugging Face
 folder) -> gguf_weights.py (a GGUF file: the same builder, fed dequantised tensors) -> quant.py
-(weight formats and their kernels) -> model.py (the decoder) -> kv_cache.py (rows + prefix
-cache) -> sampler.py (transformers' sampling semantics on tensors) -> scheduler.py (continuous
-batching) -> engine.py (``Engine.generate``). ``tipo bench`` (speed and the quality of each
-weight format) lives in ``tipo.bench``.
+(weight formats and their kernels) -> model.py (the decoder; compiled_attention.py, its opt-in
+decode attention over a bf16 cache) -> kv_cache.py (rows + prefix cache) -> sampler.py
+(transformers' sampling semantics on tensors) -> scheduler.py (continuous batching) ->
+engine.py (``Engine.generate``). ``tipo bench`` (speed and the quality of each weight format)
+lives in ``tipo.bench``.
 
 Weight formats (``dtype``): float32, bfloat16, float16, int8 (default on CPU), int4. See
 quant.py for the kernels; ``tipo.bench.quality_report(checkpoint, dtype)`` measures what each

@@ -12,6 +12,7 @@ the same positions as in a one-at-a-time run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -96,6 +97,10 @@ def decode_pass(
     return Pass(count, positions, length, mask, causal=False, write_index=(rows, positions),
                 shared=shared)  # fmt: skip
 
+
+# Attention of a decode pass, (q [B, H, 1, D] fp32, k_cache, v_cache, pass) -> [B, H, 1, D] fp32,
+# replacing SDPA there: compiled_attention.CompiledDecodeAttention.
+DecodeAttention = Callable[[Tensor, Tensor, Tensor, "Pass"], Tensor]
 
 # A shared prefix shorter than this is read per row as before: two attention calls and a merge
 # cost more than they save on a few positions.
@@ -201,6 +206,8 @@ class Attention(nn.Module):
         )
         self.gqa = config.num_kv_heads != config.num_heads
         self.sdpa_options = {"enable_gqa": True} if self.gqa and _NATIVE_GQA else {}
+        # Set by Transformer: the compiled decode attention over a bf16 cache, or None
+        self.decode_attention: DecodeAttention | None = None
 
     def forward(self, x: Tensor, rope: Tensor, cache: tuple[Tensor, Tensor], p: Pass) -> Tensor:
         """x [B, T, C], rope [B * T, 1, D/2] complex (per token) -> [B, T, C]."""
@@ -211,12 +218,19 @@ class Attention(nn.Module):
         k_cache, v_cache = cache  # each [rows, KVH, max_len, D]
         _write(k_cache, qk[:, :, h:], p)
         _write(v_cache, qkv[:, h + kvh :].view(b, t, kvh, d), p)
-        q = qk[:, :, :h].transpose(1, 2).to(k_cache.dtype)  # [B, H, T, D]
-        if p.shared:
+        compiled = self.decode_attention
+        q = qk[:, :, :h].transpose(1, 2)  # [B, H, T, D] fp32
+        if compiled is None:
+            q = q.to(k_cache.dtype)
+        if compiled is not None and t == 1:
+            y = compiled(q, k_cache, v_cache, p)
+        elif p.shared:
             y = shared_prefix_attention(q, k_cache, v_cache, p, kvh)
         else:
             rows = slice(p.first_row, p.first_row + p.rows)
             keys, values = k_cache[rows, :, : p.length], v_cache[rows, :, : p.length]
+            if compiled is not None:  # prefill or a jump-forward run: fp32 copies, read once
+                keys, values = keys.float(), values.float()
             if self.gqa and not _NATIVE_GQA:  # old torch: give every query head its own copy
                 group = h // kvh
                 keys = keys.repeat_interleave(group, 1)
@@ -274,6 +288,7 @@ class Transformer(nn.Module):
         lm_head: nn.Module,
         act_dtype: torch.dtype,
         kv_dtype: torch.dtype | None = None,
+        decode_attention: DecodeAttention | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -282,11 +297,19 @@ class Transformer(nn.Module):
         self.norm, self.lm_head = norm, lm_head
         self.act_dtype = act_dtype
         self.kv_dtype = kv_dtype or act_dtype
+        self.decode_attention = decode_attention  # compiled_attention.py; None: SDPA
+        for block in blocks:
+            block.attn.decode_attention = decode_attention
         self.register_buffer("rope", rope_tables(config, embed.device), persistent=False)
 
     @property
     def device(self) -> torch.device:
         return self.embed.device
+
+    @property
+    def mask_dtype(self) -> torch.dtype:
+        """The dtype of a decode pass's additive mask: what the attention compares it with."""
+        return torch.float32 if self.decode_attention is not None else self.kv_dtype
 
     def forward(
         self, tokens: Tensor, p: Pass, cache: tuple[Tensor, Tensor], logits: str = "last"

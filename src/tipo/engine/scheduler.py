@@ -240,7 +240,7 @@ class Scheduler:
             starts = [s.cached for s in self.active]
             run = torch.tensor([[s.tokens[i]] for s, i in zip(self.active, starts, strict=True)],
                                device=device)  # fmt: skip
-            p = decode_pass(starts, device, self._shared_prefix(), self.cache.dtype)
+            p = decode_pass(starts, device, self._shared_prefix(), self.model.mask_dtype)
             for sequence, start in zip(self.active, starts, strict=True):
                 sequence.computed = start + 1
         logits = self.model(run, p, self.cache.tensors, logits="last")

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ..checkpoints import read_config, weight_files
 from ..errors import BackendError, CheckpointError
+from .compiled_attention import COMPILED_KV_DTYPE, CompiledDecodeAttention
 from .config import EngineConfig, expected_shapes
 from .model import Attention, Block, FeedForward, RMSNorm, Transformer, interleave_rope_rows
 from .quant import (
@@ -170,9 +171,11 @@ class _Builder:
     """Turns checkpoint tensors into model parts on ``device`` in weight format ``fmt``."""
 
     def __init__(
-        self, reader: WeightReader, config: EngineConfig, fmt: str, device: str, int8_copy: bool
-    ) -> None:
+        self, reader: WeightReader, config: EngineConfig, fmt: str, device: str, int8_copy: bool,
+        compile_attention: bool = False,
+    ) -> None:  # fmt: skip
         self.reader, self.config, self.fmt, self.int8_copy = reader, config, fmt, int8_copy
+        self.compile_attention = compile_attention
         self.device = torch.device(device)
         self.act_dtype = activation_dtype(fmt)
 
@@ -227,25 +230,37 @@ class _Builder:
         # matter for speed: keep it in the activation dtype.
         embed = self.tensor("model.embed_tokens.weight")
         norm = self.norm("model.norm.weight")
-        kv_dtype = kv_cache_dtype(self.fmt, self.device)
-        return Transformer(self.config, embed, blocks, norm, lm_head, self.act_dtype, kv_dtype)
+        if self.compile_attention:
+            decode_attention, kv_dtype = CompiledDecodeAttention(), COMPILED_KV_DTYPE
+        else:
+            decode_attention, kv_dtype = None, kv_cache_dtype(self.fmt, self.device)
+        return Transformer(self.config, embed, blocks, norm, lm_head, self.act_dtype, kv_dtype,
+                           decode_attention)  # fmt: skip
 
 
 def load_model(
-    path: str | Path, fmt: str = "bfloat16", device: str = "cpu", *, int8_copy: bool = True
-) -> Transformer:
+    path: str | Path, fmt: str = "bfloat16", device: str = "cpu", *, int8_copy: bool = True,
+    compile_attention: bool = False,
+) -> Transformer:  # fmt: skip
     """Read a checkpoint into a Transformer in weight format ``fmt`` (``int8_copy``: see
-    quant.Int4Linear): a Hugging Face folder (config.json + safetensors), or a GGUF file (a
-    file path; see gguf_weights.py)."""
+    quant.Int4Linear; ``compile_attention``: a bf16 KV cache and compiled_attention.py's
+    decode attention, CPU only): a Hugging Face folder (config.json + safetensors), or a GGUF
+    file (a file path; see gguf_weights.py)."""
     if fmt not in WEIGHT_FORMATS:
         raise BackendError(
             f"unknown dtype {fmt!r} for the torch engine",
             hint=f"use one of: {', '.join(WEIGHT_FORMATS)}",
         )
+    if compile_attention and torch.device(device).type != "cpu":
+        raise BackendError(
+            "compile_attention is for the CPU",
+            hint=f"on {device} the cache is already bf16 and attention native: leave it off",
+        )
     path = Path(path)
     config, reader = _open_gguf(path) if path.is_file() else _open_folder(path)
     with reader, torch.inference_mode(False), torch.no_grad():
-        return _Builder(reader, config, fmt, device, int8_copy).model().eval()
+        builder = _Builder(reader, config, fmt, device, int8_copy, compile_attention)
+        return builder.model().eval()
 
 
 def _open_folder(folder: Path) -> tuple[EngineConfig, WeightReader]:

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import InvalidRequestError, TipoError
+from ..errors import BackendError, InvalidRequestError, TipoError
 from ..pipeline import TIPO
 from ..protocol import ModelRequest, build_prompt
 from ..templates import TEMPLATES
@@ -78,6 +78,13 @@ def load_tipo(settings: ServerSettings) -> TIPO:
     options: dict[str, Any] = {}
     if backend == "torch":
         options["max_batch"] = settings.max_batch
+        if settings.compile_attention:
+            options["compile_attention"] = True
+    elif settings.compile_attention:
+        raise BackendError(
+            f"--compile-attention is an option of the torch backend, not of {backend}",
+            hint="use --backend torch, or drop --compile-attention",
+        )
     if backend == "openai":
         options.update(url=list(settings.url), timeout=settings.timeout)
         options.update(dialect=settings.remote_dialect, llguidance=settings.remote_llguidance)
