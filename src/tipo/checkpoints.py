@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import CheckpointError, MissingDependencyError, ModelNotFoundError
+from .errors import CheckpointError, MissingDependencyError, ModelNotFoundError, first_line
 
 if TYPE_CHECKING:
     from .tokenizer import TipoTokenizer
@@ -249,12 +249,7 @@ def hub_snapshot(
     try:
         return Path(hub.snapshot_download(repo_id, allow_patterns=patterns))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
-        raise _not_downloaded(repo_id, _first_line(error)) from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+        raise _not_downloaded(repo_id, first_line(error)) from None
 
 
 def _not_downloaded(repo_id: str, reason: str) -> ModelNotFoundError:

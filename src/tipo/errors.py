@@ -16,6 +16,12 @@ class TipoError(Exception):
         return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
 
 
+def first_line(error: BaseException) -> str:
+    """An error's first line, for a message that wraps it (its type's name when it has none)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 class InvalidRequestError(TipoError, ValueError):
     """The caller's input cannot be turned into a request (bad option, bad JSON, bad template)."""
 
@@ -50,4 +56,5 @@ __all__ = [
     "MissingDependencyError",
     "ModelNotFoundError",
     "TipoError",
+    "first_line",
 ]

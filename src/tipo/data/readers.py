@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidRequestError, MissingDependencyError
+from ..errors import InvalidRequestError, MissingDependencyError, first_line
 from ..tags import Category, TagDatabase
 from .records import DANBOORU_COLUMNS, TrainingRecord
 
@@ -73,7 +73,7 @@ def read_hf_rows(source: str, split: str = "train") -> Iterator[dict[str, Any]]:
         else:
             stream = datasets.load_dataset(source, split=split, streaming=True)
     except Exception as error:  # datasets raises many kinds: not found, offline, bad format
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         raise InvalidRequestError(
             f"no training data at {source!r}: {reason}",
             hint="give a kohya image folder, a .jsonl or .parquet file, or a Hugging Face "

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..errors import BackendError
+from ..errors import BackendError, first_line
 from .model import Pass, decode_pass
 
 COMPILED_KV_DTYPE = torch.bfloat16
@@ -93,8 +93,7 @@ class CompiledDecodeAttention:
                 self(q, cache, cache, p)
             except Exception as error:  # inductor raises many kinds (no compiler, build errors)
                 raise BackendError(
-                    f"could not compile the decode attention: {type(error).__name__}: "
-                    f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}",
+                    f"could not compile the decode attention: {first_line(error)}",
                     hint="it needs torch.compile's inductor and a C++ compiler (g++ or clang); "
                     "load without compile_attention (tipo serve: drop --compile-attention)",
                 ) from error

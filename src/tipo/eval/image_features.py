@@ -32,6 +32,7 @@ from ..errors import (
     InvalidRequestError,
     MissingDependencyError,
     ModelNotFoundError,
+    first_line,
 )
 
 if TYPE_CHECKING:
@@ -158,11 +159,6 @@ def from_pretrained(load: Callable[..., T], model: str | Path, what: str, **opti
 def _looks_local(model: str) -> bool:
     """A path rather than a Hub id (``org/name``): absolute, ``./``, ``~`` or deeper."""
     return model.startswith((".", "/", "~")) or "\\" in model or model.count("/") > 1
-
-
-def first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 class DinoFeatures:

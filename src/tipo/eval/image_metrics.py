@@ -25,13 +25,13 @@ from ..errors import (
     InvalidRequestError,
     MissingDependencyError,
     ModelNotFoundError,
+    first_line,
 )
 from .image_features import (
     DinoFeatures,
     ImageInput,
     autocast,
     batches,
-    first_line,
     frechet_distance,
     from_pretrained,
     load_rgb,

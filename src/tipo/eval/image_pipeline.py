@@ -17,8 +17,8 @@ from ..errors import (
     InvalidRequestError,
     MissingDependencyError,
     ModelNotFoundError,
+    first_line,
 )
-from .image_features import first_line
 
 
 class PipelineSpec(Protocol):
